@@ -1,0 +1,113 @@
+//! Pack index files (`pack-indexes/<id>`): which chunks are in which packs.
+//!
+//! ```text
+//! plaintext := magic "LBPIDX01" ‖ pack_count (u32 LE) ‖ pack*
+//! pack      := pack id (32 raw bytes) ‖ pack header entries (count ‖ entry*, see pack.rs)
+//! object    := seal("lifeboat-pack-index", plaintext)
+//! ```
+//!
+//! A pack index is written only after every pack it names is durable, and a disk index
+//! only after the pack indexes covering its chunks. Loading all pack indexes gives the
+//! repository's chunk map (see `index.rs`).
+
+use crate::crypto::Crypto;
+use crate::pack::{ENTRY_BYTES, PackEntry, decode_entries};
+
+const MAGIC: &[u8; 8] = b"LBPIDX01";
+const CONTEXT: &[u8] = b"lifeboat-pack-index";
+/// Upper bound on the packs one index file names, so a damaged count cannot make a reader
+/// allocate without limit.
+const MAXIMUM_PACKS: usize = 1 << 20;
+
+/// The blobs of one pack, as recorded in a pack index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackRecord {
+    /// The pack's id (hex of its BLAKE3 hash).
+    pub pack: String,
+    /// Its blobs.
+    pub entries: Vec<PackEntry>,
+}
+
+/// Encodes and seals a pack index.
+pub fn encode(crypto: &Crypto, packs: &[PackRecord]) -> Vec<u8> {
+    let entries: usize = packs.iter().map(|p| p.entries.len()).sum();
+    let mut plaintext = Vec::with_capacity(12 + packs.len() * 36 + entries * ENTRY_BYTES);
+    plaintext.extend_from_slice(MAGIC);
+    plaintext.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    for record in packs {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(&record.pack, &mut id).expect("pack ids are 64 hex digits");
+        plaintext.extend_from_slice(&id);
+        plaintext.extend_from_slice(&(record.entries.len() as u32).to_le_bytes());
+        for entry in &record.entries {
+            entry.encode_into(&mut plaintext);
+        }
+    }
+    crypto.seal(CONTEXT, &plaintext)
+}
+
+/// Opens and decodes a pack index; `Err` says what is wrong with it.
+pub fn decode(crypto: &Crypto, sealed: Vec<u8>) -> Result<Vec<PackRecord>, String> {
+    let plaintext = crypto
+        .open_in_place(CONTEXT, sealed)
+        .map_err(|e| e.to_string())?;
+    if plaintext.len() < 12 || &plaintext[..8] != MAGIC {
+        return Err("not a pack index (bad magic)".to_string());
+    }
+    let count = u32::from_le_bytes(plaintext[8..12].try_into().expect("4 bytes")) as usize;
+    if count > MAXIMUM_PACKS {
+        return Err(format!("names {count} packs, more than allowed"));
+    }
+    let mut packs = Vec::with_capacity(count);
+    let mut at = 12;
+    for _ in 0..count {
+        if plaintext.len() < at + 36 {
+            return Err("truncated pack record".to_string());
+        }
+        let pack = hex::encode(&plaintext[at..at + 32]);
+        let entry_count =
+            u32::from_le_bytes(plaintext[at + 32..at + 36].try_into().expect("4 bytes")) as usize;
+        let end = at + 36 + entry_count * ENTRY_BYTES;
+        if plaintext.len() < end {
+            return Err(format!("truncated entries of pack {pack}"));
+        }
+        let entries = decode_entries(&plaintext[at + 32..end])?;
+        packs.push(PackRecord { pack, entries });
+        at = end;
+    }
+    if at != plaintext.len() {
+        return Err("trailing bytes after the last pack record".to_string());
+    }
+    Ok(packs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{ChunkId, MasterKeys};
+
+    #[test]
+    fn pack_indexes_round_trip_and_refuse_damage() {
+        let crypto = Crypto::encrypted(&MasterKeys::generate());
+        let records = vec![
+            PackRecord {
+                pack: "ab".repeat(32),
+                entries: vec![PackEntry {
+                    chunk: ChunkId([3; 32]),
+                    offset: 0,
+                    sealed_bytes: 100,
+                    raw_bytes: 65536,
+                }],
+            },
+            PackRecord {
+                pack: "cd".repeat(32),
+                entries: Vec::new(),
+            },
+        ];
+        let sealed = encode(&crypto, &records);
+        assert_eq!(decode(&crypto, sealed.clone()).unwrap(), records);
+        let mut damaged = sealed;
+        damaged[20] ^= 4;
+        assert!(decode(&crypto, damaged).is_err());
+    }
+}
