@@ -1,1 +1,21 @@
+//! The NBD protocol, as Lifeboat speaks it: a client for reading and writing disk images
+//! through `qemu-nbd`, and a server for exporting recovery points (and, later, protected
+//! disks) to qemu.
+//!
+//! # Layout
+//!
+//! * `protocol.rs` — wire constants.
+//! * `client.rs` — [`Client`]: negotiation with `NBD_OPT_GO`, structured replies, meta
+//!   contexts (`base:allocation`, `qemu:dirty-bitmap:*`), read, write, flush, block status.
+//! * `server.rs` — [`Server`] and the [`Export`] trait it serves.
+//!
+//! # What this crate must not know
+//!
+//! Repositories, disk image formats, QEMU processes. It moves blocks and block status.
 
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, Extent, NbdError};
+pub use server::{Export, ExportError, Server, ServerError};
