@@ -1,1 +1,60 @@
-fn main(){}
+//! `lifeboat`: the command-line interface.
+//!
+//! Each command lives in `commands/<name>.rs` and does three things: turn arguments into
+//! engine options, call the engine, print the report (text for people, `--json` for
+//! scripts). Nothing here decides anything about data.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error, 3 `verify` found damage.
+
+mod cli;
+mod commands;
+mod output;
+mod progress;
+mod repository;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code of a command that ran but found damage.
+pub const EXIT_DAMAGE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let json = cli.global.json;
+    let result = match &cli.command {
+        Command::Init(arguments) => commands::init::run(&cli.global, arguments),
+        Command::Backup(arguments) => commands::backup::run(&cli.global, arguments),
+        Command::Points(arguments) => commands::points::run(&cli.global, arguments),
+        Command::Restore(arguments) => commands::restore::run(&cli.global, arguments),
+        Command::Verify(arguments) => commands::verify::run(&cli.global, arguments),
+        Command::Forget(arguments) => commands::forget::run(&cli.global, arguments),
+        Command::Prune(arguments) => commands::prune::run(&cli.global, arguments),
+        Command::Export(arguments) => commands::export::run(&cli.global, arguments),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            output::print_error(&error, json);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

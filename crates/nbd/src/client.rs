@@ -117,8 +117,10 @@ impl Client {
         meta_contexts: &[&str],
     ) -> Result<Client, NbdError> {
         let peer = socket.display().to_string();
-        let stream =
-            UnixStream::connect(socket).map_err(|source| NbdError::Io { peer: peer.clone(), source })?;
+        let stream = UnixStream::connect(socket).map_err(|source| NbdError::Io {
+            peer: peer.clone(),
+            source,
+        })?;
         Client::negotiate(Stream::Unix(stream), peer, export, meta_contexts)
     }
 
@@ -129,8 +131,10 @@ impl Client {
         meta_contexts: &[&str],
     ) -> Result<Client, NbdError> {
         let peer = address.to_string();
-        let stream =
-            TcpStream::connect(address).map_err(|source| NbdError::Io { peer: peer.clone(), source })?;
+        let stream = TcpStream::connect(address).map_err(|source| NbdError::Io {
+            peer: peer.clone(),
+            source,
+        })?;
         let _ = stream.set_nodelay(true);
         Client::negotiate(Stream::Tcp(stream), peer, export, meta_contexts)
     }
@@ -212,7 +216,10 @@ impl Client {
         let (reply, payload) = client.read_option_reply(OPT_STRUCTURED_REPLY)?;
         client.structured_replies = reply == REP_ACK;
         if reply != REP_ACK && reply & REP_FLAG_ERROR == 0 {
-            return Err(client.protocol(format!("unexpected reply {reply} to structured reply ({} bytes)", payload.len())));
+            return Err(client.protocol(format!(
+                "unexpected reply {reply} to structured reply ({} bytes)",
+                payload.len()
+            )));
         }
 
         if !meta_contexts.is_empty() && client.structured_replies {
@@ -243,7 +250,11 @@ impl Client {
                     other if other & REP_FLAG_ERROR != 0 => {
                         return Err(client.refused("meta contexts", other, &payload));
                     }
-                    other => return Err(client.protocol(format!("unexpected reply {other} to meta contexts"))),
+                    other => {
+                        return Err(
+                            client.protocol(format!("unexpected reply {other} to meta contexts"))
+                        );
+                    }
                 }
             }
         }
@@ -270,7 +281,8 @@ impl Client {
                             have_export_info = true;
                         }
                         INFO_BLOCK_SIZE if payload.len() >= 14 => {
-                            let maximum = u32::from_be_bytes(payload[10..14].try_into().expect("4"));
+                            let maximum =
+                                u32::from_be_bytes(payload[10..14].try_into().expect("4"));
                             if maximum > 0 {
                                 client.maximum_request_bytes = maximum.min(MAXIMUM_REQUEST_BYTES);
                             }
@@ -380,7 +392,13 @@ impl Client {
         Ok(cookie)
     }
 
-    fn command_error(&self, what: &'static str, offset: u64, errno: u32, message: String) -> NbdError {
+    fn command_error(
+        &self,
+        what: &'static str,
+        offset: u64,
+        errno: u32,
+        message: String,
+    ) -> NbdError {
         NbdError::Command {
             peer: self.peer.clone(),
             what,
@@ -391,7 +409,12 @@ impl Client {
     }
 
     /// Reads the simple reply of a command without payload.
-    fn read_simple_reply(&mut self, cookie: u64, what: &'static str, offset: u64) -> Result<(), NbdError> {
+    fn read_simple_reply(
+        &mut self,
+        cookie: u64,
+        what: &'static str,
+        offset: u64,
+    ) -> Result<(), NbdError> {
         let magic = self.read_u32()?;
         if magic == STRUCTURED_REPLY_MAGIC {
             // Servers may answer any command with structured chunks once negotiated.
@@ -447,16 +470,22 @@ impl Client {
                     return Err(self.protocol("short error chunk"));
                 }
                 let errno = u32::from_be_bytes(payload[..4].try_into().expect("4"));
-                let message_length = u16::from_be_bytes(payload[4..6].try_into().expect("2")) as usize;
+                let message_length =
+                    u16::from_be_bytes(payload[4..6].try_into().expect("2")) as usize;
                 let message = payload
                     .get(6..6 + message_length)
                     .map(|m| String::from_utf8_lossy(m).into_owned())
                     .unwrap_or_default();
-                let at = if kind == REPLY_TYPE_ERROR_OFFSET && payload.len() >= 6 + message_length + 8 {
-                    u64::from_be_bytes(payload[6 + message_length..14 + message_length].try_into().expect("8"))
-                } else {
-                    offset
-                };
+                let at =
+                    if kind == REPLY_TYPE_ERROR_OFFSET && payload.len() >= 6 + message_length + 8 {
+                        u64::from_be_bytes(
+                            payload[6 + message_length..14 + message_length]
+                                .try_into()
+                                .expect("8"),
+                        )
+                    } else {
+                        offset
+                    };
                 failure.get_or_insert_with(|| self.command_error(what, at, errno, message));
             } else if kind == REPLY_TYPE_NONE {
                 if length != 0 {
@@ -536,7 +565,9 @@ impl Client {
                     covered += hole_length;
                 }
                 other => {
-                    return Err(client.protocol(format!("unexpected chunk type {other} in a read reply")));
+                    return Err(
+                        client.protocol(format!("unexpected chunk type {other} in a read reply"))
+                    );
                 }
             }
             Ok(())
@@ -558,7 +589,13 @@ impl Client {
         while done < data.len() {
             let length = (data.len() - done).min(maximum);
             let at = offset + done as u64;
-            let cookie = self.send_request(CMD_WRITE, flags, at, length as u32, &data[done..done + length])?;
+            let cookie = self.send_request(
+                CMD_WRITE,
+                flags,
+                at,
+                length as u32,
+                &data[done..done + length],
+            )?;
             self.read_simple_reply(cookie, "write", at)?;
             done += length;
         }
@@ -574,7 +611,12 @@ impl Client {
     /// Asks for the status of `[offset, offset + length)` in meta context `context`.
     /// Returns extents covering at least the start of the range (servers may stop early);
     /// callers loop from the end of the last extent.
-    pub fn block_status(&mut self, context: &str, offset: u64, length: u32) -> Result<Vec<Extent>, NbdError> {
+    pub fn block_status(
+        &mut self,
+        context: &str,
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<Extent>, NbdError> {
         let Some(&context_id) = self.contexts.get(context) else {
             return Err(self.protocol(format!("meta context '{context}' was not negotiated")));
         };
@@ -584,33 +626,54 @@ impl Client {
             if magic == SIMPLE_REPLY_MAGIC {
                 let errno = self.read_u32()?;
                 let _ = self.read_u64()?;
-                return Err(self.command_error("report block status", offset, errno, String::new()));
+                return Err(self.command_error(
+                    "report block status",
+                    offset,
+                    errno,
+                    String::new(),
+                ));
             }
             return Err(self.protocol(format!("bad reply magic {magic:#x}")));
         }
         let mut extents = Vec::new();
-        self.read_structured_until_done(cookie, "report block status", offset, |client, kind, length| {
-            if kind != REPLY_TYPE_BLOCK_STATUS || length < 4 || (length - 4) % 8 != 0 || length > MAXIMUM_OPTION_BYTES * 16 {
-                return Err(client.protocol(format!("unexpected chunk type {kind} in block status")));
-            }
-            let id = client.read_u32()?;
-            let mut descriptors = vec![0u8; (length - 4) as usize];
-            client.read_exact(&mut descriptors)?;
-            if id != context_id {
-                return Ok(());
-            }
-            let mut at = offset;
-            for descriptor in descriptors.chunks_exact(8) {
-                let extent_length = u32::from_be_bytes(descriptor[..4].try_into().expect("4")) as u64;
-                let flags = u32::from_be_bytes(descriptor[4..].try_into().expect("4"));
-                if extent_length == 0 {
-                    return Err(client.protocol("zero-length extent"));
+        self.read_structured_until_done(
+            cookie,
+            "report block status",
+            offset,
+            |client, kind, length| {
+                if kind != REPLY_TYPE_BLOCK_STATUS
+                    || length < 4
+                    || (length - 4) % 8 != 0
+                    || length > MAXIMUM_OPTION_BYTES * 16
+                {
+                    return Err(
+                        client.protocol(format!("unexpected chunk type {kind} in block status"))
+                    );
                 }
-                extents.push(Extent { offset: at, length: extent_length, flags });
-                at += extent_length;
-            }
-            Ok(())
-        })?;
+                let id = client.read_u32()?;
+                let mut descriptors = vec![0u8; (length - 4) as usize];
+                client.read_exact(&mut descriptors)?;
+                if id != context_id {
+                    return Ok(());
+                }
+                let mut at = offset;
+                for descriptor in descriptors.chunks_exact(8) {
+                    let extent_length =
+                        u32::from_be_bytes(descriptor[..4].try_into().expect("4")) as u64;
+                    let flags = u32::from_be_bytes(descriptor[4..].try_into().expect("4"));
+                    if extent_length == 0 {
+                        return Err(client.protocol("zero-length extent"));
+                    }
+                    extents.push(Extent {
+                        offset: at,
+                        length: extent_length,
+                        flags,
+                    });
+                    at += extent_length;
+                }
+                Ok(())
+            },
+        )?;
         if extents.is_empty() {
             return Err(self.protocol("block status reply without extents"));
         }

@@ -200,7 +200,9 @@ impl Server {
         output.flush()?;
         let client_flags = read_u32(&mut input)?;
         if client_flags & FLAG_C_FIXED_NEWSTYLE == 0 {
-            return Err(ServerError::Protocol("client does not speak fixed newstyle".to_string()));
+            return Err(ServerError::Protocol(
+                "client does not speak fixed newstyle".to_string(),
+            ));
         }
         let mut session = Session {
             structured_replies: false,
@@ -394,7 +396,12 @@ fn parse_meta_context_request(data: &[u8]) -> Option<(String, Vec<String>)> {
     (at == data.len()).then_some((name, queries))
 }
 
-fn send_option_reply<W: Write>(output: &mut W, option: u32, reply: u32, payload: &[u8]) -> std::io::Result<()> {
+fn send_option_reply<W: Write>(
+    output: &mut W,
+    option: u32,
+    reply: u32,
+    payload: &[u8],
+) -> std::io::Result<()> {
     output.write_all(&OPTION_REPLY_MAGIC.to_be_bytes())?;
     output.write_all(&option.to_be_bytes())?;
     output.write_all(&reply.to_be_bytes())?;
@@ -432,7 +439,9 @@ fn transmit<R: Read, W: Write>(
         }
         let magic = u32::from_be_bytes(header[..4].try_into().expect("4"));
         if magic != REQUEST_MAGIC {
-            return Err(ServerError::Protocol(format!("bad request magic {magic:#x}")));
+            return Err(ServerError::Protocol(format!(
+                "bad request magic {magic:#x}"
+            )));
         }
         let flags = u16::from_be_bytes(header[4..6].try_into().expect("2"));
         let command = u16::from_be_bytes(header[6..8].try_into().expect("2"));
@@ -502,13 +511,19 @@ fn transmit<R: Read, W: Write>(
             }
             CMD_TRIM | CMD_CACHE => {
                 // Trim is advisory and cache a hint: accepting both without action is correct.
-                let result = if in_bounds { Ok(()) } else { Err(invalid("beyond the end of the export")) };
+                let result = if in_bounds {
+                    Ok(())
+                } else {
+                    Err(invalid("beyond the end of the export"))
+                };
                 reply_status(output, session, cookie, result)?;
             }
             CMD_BLOCK_STATUS => {
                 let result = match session.base_allocation_id {
                     None => Err(invalid("no meta context was negotiated")),
-                    Some(_) if !in_bounds || length == 0 => Err(invalid("status beyond the end of the export")),
+                    Some(_) if !in_bounds || length == 0 => {
+                        Err(invalid("status beyond the end of the export"))
+                    }
                     Some(_) => export.allocation(offset, length as u64),
                 };
                 match result {
@@ -601,7 +616,12 @@ fn send_error<W: Write>(
 }
 
 /// Sends read data as one chunk, or as a hole when it is all zeros.
-fn send_read_chunks<W: Write>(output: &mut W, cookie: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {
+fn send_read_chunks<W: Write>(
+    output: &mut W,
+    cookie: u64,
+    offset: u64,
+    data: &[u8],
+) -> std::io::Result<()> {
     if !data.is_empty() && data.iter().all(|&b| b == 0) {
         send_chunk_header(output, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE, cookie, 12)?;
         output.write_all(&offset.to_be_bytes())?;
@@ -631,7 +651,9 @@ fn send_block_status<W: Write>(
         if covered >= length || extent_length == 0 {
             break;
         }
-        let clipped = extent_length.min(length - covered).min(u32::MAX as u64 & !4095);
+        let clipped = extent_length
+            .min(length - covered)
+            .min(u32::MAX as u64 & !4095);
         descriptors.extend_from_slice(&(clipped as u32).to_be_bytes());
         descriptors.extend_from_slice(&flags.to_be_bytes());
         covered += clipped;
@@ -651,7 +673,10 @@ fn send_block_status<W: Write>(
 }
 
 /// Serves `server` on a TCP listener in a background thread; returns the bound address.
-pub fn spawn_tcp(server: Arc<Server>, listener: TcpListener) -> std::io::Result<std::net::SocketAddr> {
+pub fn spawn_tcp(
+    server: Arc<Server>,
+    listener: TcpListener,
+) -> std::io::Result<std::net::SocketAddr> {
     let address = listener.local_addr()?;
     std::thread::Builder::new()
         .name("nbd-listener".to_string())

@@ -95,7 +95,10 @@ fn our_client_reads_our_server_with_block_status() {
     let error = client.write(0, b"nope", false).unwrap_err();
     assert!(error.to_string().contains("errno 1"), "{error}");
     let unknown = Client::connect_unix(&socket, "other", &[]).unwrap_err();
-    assert!(unknown.to_string().contains("no export named 'other'"), "{unknown}");
+    assert!(
+        unknown.to_string().contains("no export named 'other'"),
+        "{unknown}"
+    );
 }
 
 #[test]
@@ -124,7 +127,11 @@ fn qemu_io_writes_through_our_server() {
         .arg(format!("nbd+unix:///disk?socket={}", socket.display()))
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let data = export.data.lock().unwrap();
     assert!(data[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x5a));
 }
@@ -132,7 +139,12 @@ fn qemu_io_writes_through_our_server() {
 /// Starts `qemu-nbd` on an image and waits for its socket.
 fn qemu_nbd(image: &Path, format: &str, socket: &Path) -> Child {
     let child = Command::new("qemu-nbd")
-        .args(["--read-only", "--persistent", "--shared=4", "--export-name=disk"])
+        .args([
+            "--read-only",
+            "--persistent",
+            "--shared=4",
+            "--export-name=disk",
+        ])
         .arg(format!("--format={format}"))
         .arg(format!("--socket={}", socket.display()))
         .arg(image)
@@ -171,7 +183,10 @@ fn our_client_reads_a_sparse_qcow2_through_qemu_nbd() {
     let extents = client
         .block_status(CONTEXT_BASE_ALLOCATION, 0, 8 << 20)
         .unwrap();
-    let data: Vec<_> = extents.iter().filter(|e| e.flags & STATE_ZERO == 0).collect();
+    let data: Vec<_> = extents
+        .iter()
+        .filter(|e| e.flags & STATE_ZERO == 0)
+        .collect();
     assert_eq!(data.len(), 1);
     assert_eq!((data[0].offset, data[0].length), (2 << 20, 1 << 20));
     let mut buffer = vec![0xffu8; 4 << 20];

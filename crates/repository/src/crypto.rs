@@ -145,7 +145,11 @@ impl Crypto {
 
     /// Bytes reserved before the payload in a sealed object (the nonce).
     pub fn prefix_bytes(&self) -> usize {
-        if self.cipher.is_some() { NONCE_BYTES } else { 0 }
+        if self.cipher.is_some() {
+            NONCE_BYTES
+        } else {
+            0
+        }
     }
 
     /// Total bytes a sealed object adds to its payload.
@@ -177,7 +181,10 @@ impl Crypto {
     /// followed by the plaintext; afterwards it holds the sealed object.
     pub fn seal_in_place(&self, associated_data: &[u8], buffer: &mut Vec<u8>) {
         let prefix = self.prefix_bytes();
-        assert!(buffer.len() >= prefix, "sealed buffer lacks room for its prefix");
+        assert!(
+            buffer.len() >= prefix,
+            "sealed buffer lacks room for its prefix"
+        );
         match &self.cipher {
             Some(cipher) => {
                 let mut nonce_bytes = [0u8; NONCE_BYTES];

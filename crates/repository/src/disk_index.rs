@@ -74,7 +74,11 @@ impl DiskIndex {
     }
 
     /// Opens and checks a disk index; `Err` says what is wrong.
-    pub fn decode(crypto: &Crypto, expected_id: &str, sealed: Vec<u8>) -> Result<DiskIndex, String> {
+    pub fn decode(
+        crypto: &Crypto,
+        expected_id: &str,
+        sealed: Vec<u8>,
+    ) -> Result<DiskIndex, String> {
         let compressed = crypto
             .open_in_place(CONTEXT, sealed)
             .map_err(|e| e.to_string())?;
@@ -88,7 +92,9 @@ impl DiskIndex {
         let chunk_size_bytes = u32::from_le_bytes(plaintext[16..20].try_into().expect("4"));
         let count = u64::from_le_bytes(plaintext[20..28].try_into().expect("8"));
         if chunk_size_bytes == 0 || !chunk_size_bytes.is_power_of_two() {
-            return Err(format!("chunk size {chunk_size_bytes} is not a power of two"));
+            return Err(format!(
+                "chunk size {chunk_size_bytes} is not a power of two"
+            ));
         }
         if count != chunk_count(virtual_size_bytes, chunk_size_bytes) {
             return Err(format!(
@@ -132,7 +138,10 @@ mod tests {
         assert_eq!(index.chunk_range(10), (10 * 65536, 512));
         index.chunks[3] = ChunkId([9; 32]);
         let (id, sealed) = index.encode(&crypto);
-        assert_eq!(DiskIndex::decode(&crypto, &id, sealed.clone()).unwrap(), index);
+        assert_eq!(
+            DiskIndex::decode(&crypto, &id, sealed.clone()).unwrap(),
+            index
+        );
         assert!(DiskIndex::decode(&crypto, &"0".repeat(64), sealed).is_err());
     }
 

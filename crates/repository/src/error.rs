@@ -48,7 +48,9 @@ pub enum RepositoryError {
     #[error("wrong password for repository {location}: no key file opens with it")]
     WrongPassword { location: String },
 
-    #[error("{kind} '{name}' in repository {location} is damaged: {reason}; run 'lifeboat verify' for a full report")]
+    #[error(
+        "{kind} '{name}' in repository {location} is damaged: {reason}; run 'lifeboat verify' for a full report"
+    )]
     Damaged {
         location: String,
         kind: ObjectKind,

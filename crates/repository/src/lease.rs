@@ -103,7 +103,12 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease `name` for `operation`, taking over a stale holder's lease.
-    pub fn acquire(storage: Arc<dyn Storage>, name: &str, operation: &str, what: &str) -> Result<Lease> {
+    pub fn acquire(
+        storage: Arc<dyn Storage>,
+        name: &str,
+        operation: &str,
+        what: &str,
+    ) -> Result<Lease> {
         let record = LeaseRecord::for_this_process(operation);
         let bytes = serde_json::to_vec(&record).expect("leases serialize");
         for _attempt in 0..3 {
@@ -159,7 +164,9 @@ impl Lease {
                     waited = Duration::ZERO;
                     thread_record.refreshed_unix_ms = unix_ms(SystemTime::now());
                     let bytes = serde_json::to_vec(&thread_record).expect("leases serialize");
-                    if let Err(error) = thread_storage.replace(ObjectKind::Lock, &thread_name, &bytes) {
+                    if let Err(error) =
+                        thread_storage.replace(ObjectKind::Lock, &thread_name, &bytes)
+                    {
                         tracing::warn!(lease = %thread_name, %error, "could not refresh lease");
                     }
                 }
@@ -255,7 +262,12 @@ mod tests {
         let storage: Arc<dyn Storage> = Arc::new(LocalDirectory::new(directory.path()));
         let first = Lease::acquire(Arc::clone(&storage), "backup-x", "backup", "VM x").unwrap();
         let error = Lease::acquire(Arc::clone(&storage), "backup-x", "backup", "VM x").unwrap_err();
-        assert!(error.to_string().contains("VM x is locked by backup by pid"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("VM x is locked by backup by pid"),
+            "{error}"
+        );
         drop(first);
         Lease::acquire(storage, "backup-x", "backup", "VM x").unwrap();
     }

@@ -51,7 +51,12 @@ impl LocalDirectory {
         self.directory_of(kind, name).join(name)
     }
 
-    fn io_error(&self, operation: &'static str, path: &Path, source: std::io::Error) -> StorageError {
+    fn io_error(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        source: std::io::Error,
+    ) -> StorageError {
         if source.kind() == ErrorKind::PermissionDenied {
             return StorageError::PermissionDenied {
                 location: self.location(),
@@ -118,8 +123,10 @@ impl LocalDirectory {
 }
 
 fn is_no_space(error: &std::io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-        || error.kind() == ErrorKind::StorageFull
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    ) || error.kind() == ErrorKind::StorageFull
 }
 
 fn random_suffix() -> String {

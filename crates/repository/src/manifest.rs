@@ -53,6 +53,14 @@ pub struct DiskEntry {
     pub source: String,
     /// Bytes of the disk that are not holes.
     pub allocated_bytes: u64,
+    /// The persistent dirty bitmap created in the source image at this point (qcow2), which
+    /// records every write since; the next backup reads only what it marks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_tracking_bitmap: Option<String>,
+    /// Identity of the source file's content at this point (raw files: device, inode,
+    /// size, change time); equal identity on the next backup means nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_fingerprint: Option<String>,
 }
 
 /// What a backup cost, kept with the point.
@@ -108,7 +116,10 @@ impl Manifest {
     /// Opens a manifest and checks it belongs under `name`.
     pub fn decode(crypto: &Crypto, name: &str, sealed: Vec<u8>) -> Result<Manifest, String> {
         if sealed.len() > MAXIMUM_MANIFEST_BYTES {
-            return Err(format!("{} bytes is larger than any manifest", sealed.len()));
+            return Err(format!(
+                "{} bytes is larger than any manifest",
+                sealed.len()
+            ));
         }
         let json = crypto
             .open_in_place(CONTEXT, sealed)

@@ -180,7 +180,10 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<PackEntry>, String> {
             body.len()
         ));
     }
-    Ok(body.chunks_exact(ENTRY_BYTES).map(PackEntry::decode).collect())
+    Ok(body
+        .chunks_exact(ENTRY_BYTES)
+        .map(PackEntry::decode)
+        .collect())
 }
 
 #[cfg(test)]

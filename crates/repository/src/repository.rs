@@ -450,9 +450,8 @@ impl Repository {
                 Err(error) if error.is_not_found() => continue,
                 Err(error) => return Err(error.into()),
             };
-            let record = serde_json::from_slice(&bytes).map_err(|e| {
-                self.damaged(ObjectKind::Quarantine, &object.name, e.to_string())
-            })?;
+            let record = serde_json::from_slice(&bytes)
+                .map_err(|e| self.damaged(ObjectKind::Quarantine, &object.name, e.to_string()))?;
             records.push(record);
         }
         Ok(records)

@@ -135,7 +135,9 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{kind} '{name}' of repository {location} is {actual_bytes} bytes long; reading {length} bytes at offset {offset} goes past its end")]
+    #[error(
+        "{kind} '{name}' of repository {location} is {actual_bytes} bytes long; reading {length} bytes at offset {offset} goes past its end"
+    )]
     ShortObject {
         location: String,
         kind: ObjectKind,

@@ -1,0 +1,50 @@
+//! Naming points: full ids, unique prefixes, `latest` of a VM.
+
+use lifeboat_repository::{Manifest, Repository, RepositoryError};
+
+use crate::error::{EngineError, Result};
+
+/// Resolves `spec` — a point id, a unique prefix of one, or `latest` (with `vm`) — to its
+/// manifest. A `vm` given with an id must match the point's VM.
+pub fn resolve_point(repository: &Repository, spec: &str, vm: Option<&str>) -> Result<Manifest> {
+    let list = repository.list_points()?;
+    let candidates = list
+        .points
+        .into_iter()
+        .filter(|p| vm.is_none_or(|vm| p.vm == vm));
+    if spec == "latest" {
+        let Some(vm) = vm else {
+            return Err(EngineError::Invalid("'latest' needs --vm NAME".to_string()));
+        };
+        return candidates.last().ok_or_else(|| {
+            EngineError::Refused(format!(
+                "VM '{vm}' has no recovery point in repository {}",
+                repository.location()
+            ))
+        });
+    }
+    if spec.is_empty() || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(EngineError::Invalid(format!(
+            "'{spec}' is not a point id: give an id (or a unique prefix) from 'lifeboat points', or 'latest' with --vm"
+        )));
+    }
+    let spec = spec.to_ascii_lowercase();
+    let mut matches: Vec<Manifest> = candidates.filter(|p| p.point.starts_with(&spec)).collect();
+    match matches.len() {
+        0 => Err(RepositoryError::NoSuchPoint {
+            location: repository.location(),
+            point: spec,
+        }
+        .into()),
+        1 => Ok(matches.remove(0)),
+        _ => Err(RepositoryError::AmbiguousPoint {
+            prefix: spec,
+            matches: matches
+                .iter()
+                .map(|p| p.point[..12].to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into()),
+    }
+}

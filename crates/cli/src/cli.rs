@@ -1,0 +1,214 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Disaster recovery for QEMU/KVM virtual machines: consistent recovery points of all
+/// disks of a VM in a deduplicated, compressed, encrypted repository.
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// The repository: a directory.
+    #[arg(long = "repo", short = 'r', env = "LIFEBOAT_REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// Read the repository password from this file (first line). Otherwise the password
+    /// comes from the environment variable LIFEBOAT_PASSWORD.
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+
+    /// Print one JSON document on standard output instead of text, and no progress bar.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on standard error (-v info, -vv debug); LIFEBOAT_LOG overrides.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository (encrypted unless --encryption none).
+    Init(InitArguments),
+    /// Make one recovery point of all given disks of a VM.
+    Backup(BackupArguments),
+    /// List recovery points.
+    Points(PointsArguments),
+    /// Write every disk of a point into a directory.
+    Restore(RestoreArguments),
+    /// Check the repository; with --read-data, every stored byte.
+    Verify(VerifyArguments),
+    /// Remove points by a retention policy (their data goes with the next prune).
+    Forget(ForgetArguments),
+    /// Delete data no point needs any more; safe while backups run.
+    Prune(PruneArguments),
+    /// Serve a point read-only over NBD, one export per disk.
+    Export(ExportArguments),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EncryptionChoice {
+    /// AES-256-GCM; keys wrapped with an Argon2id-derived key.
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// No encryption (objects are still checksummed).
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArguments {
+    /// How to protect the repository's contents.
+    #[arg(long, value_enum, default_value = "aes-256-gcm")]
+    pub encryption: EncryptionChoice,
+    /// Chunk size: a power of two from 4KiB to 16MiB (e.g. 65536, 64KiB, 4MiB).
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArguments {
+    /// The VM the disks belong to.
+    #[arg(long)]
+    pub vm: String,
+    /// Its disk images (raw, qcow2, VHD, VHDX, …) or block devices; all go into one point.
+    #[arg(required = true)]
+    pub disks: Vec<PathBuf>,
+    /// Read every disk in full, ignoring and leaving no change information (dirty bitmaps).
+    #[arg(long)]
+    pub full: bool,
+    /// zstd compression level for new chunks.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    pub compression_level: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct PointsArguments {
+    /// Only this VM's points.
+    #[arg(long)]
+    pub vm: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatChoice {
+    Raw,
+    Qcow2,
+    Vhd,
+    Vhdx,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArguments {
+    /// A point id, a unique prefix of one, or `latest` (with --vm).
+    pub point: String,
+    /// The VM, for `latest` or to check the point belongs to it.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Directory to write the disks into (created if missing).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Format of the restored disks (default: each disk's original format).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatChoice>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArguments {
+    /// Read and check every stored chunk, not only the structure.
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArguments {
+    /// The VM whose points the policy applies to.
+    #[arg(long)]
+    pub vm: String,
+    /// Keep the newest N points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest point of each of the last N hours that have points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
+    /// Keep the newest point of each of the last N days that have points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    /// Keep the newest point of each of the last N weeks (ISO weeks) that have points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// Keep the newest point of each of the last N months that have points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Keep the newest point of each of the last N years that have points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Show what would be removed without removing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArguments {}
+
+#[derive(Debug, Args)]
+pub struct ExportArguments {
+    /// A point id, a unique prefix of one, or `latest` (with --vm).
+    pub point: String,
+    /// The VM, for `latest`.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Where to listen: HOST:PORT for TCP, or unix:PATH for a Unix socket.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+}
+
+/// Parses sizes like `65536`, `64KiB`, `64K`, `4MiB`, `1G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

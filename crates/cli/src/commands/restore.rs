@@ -1,0 +1,45 @@
+//! `lifeboat restore`.
+
+use lifeboat_backup::{RestoreOptions, resolve_point, restore};
+use lifeboat_disk::Format;
+
+use crate::cli::{FormatChoice, GlobalOptions, RestoreArguments};
+use crate::output::{bytes, print_json, rate};
+use crate::progress::Bar;
+
+pub fn run(global: &GlobalOptions, arguments: &RestoreArguments) -> anyhow::Result<u8> {
+    let repository = crate::repository::open(global)?;
+    let manifest = resolve_point(&repository, &arguments.point, arguments.vm.as_deref())?;
+    let format = arguments.format.map(|choice| match choice {
+        FormatChoice::Raw => Format::Raw,
+        FormatChoice::Qcow2 => Format::Qcow2,
+        FormatChoice::Vhd => Format::Vhd,
+        FormatChoice::Vhdx => Format::Vhdx,
+    });
+    let options = RestoreOptions {
+        target_directory: arguments.target.clone(),
+        format,
+        threads: super::threads(),
+    };
+    let report = restore(&repository, &manifest, &options, &Bar::new(global.json))?;
+    if global.json {
+        print_json(&report)?;
+    } else {
+        println!("restored point {} of VM '{}'", report.point, report.vm);
+        for disk in &report.disks {
+            println!(
+                "  {} ({}, {})",
+                disk.path,
+                disk.format,
+                bytes(disk.virtual_size_bytes)
+            );
+        }
+        println!(
+            "wrote {} in {:.1} s ({})",
+            bytes(report.bytes_written),
+            report.seconds,
+            rate(report.bytes_written, report.seconds)
+        );
+    }
+    Ok(0)
+}

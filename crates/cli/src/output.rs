@@ -1,0 +1,52 @@
+//! Printing: JSON for scripts, text for people, and errors.
+
+use serde::Serialize;
+
+/// Prints `value` as one pretty JSON document on standard output.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints an error with its causes; with `--json`, also as `{"error": …}` on standard output.
+pub fn print_error(error: &anyhow::Error, json: bool) {
+    let message = format!("{error:#}");
+    eprintln!("error: {message}");
+    if json {
+        println!("{}", serde_json::json!({ "error": message }));
+    }
+}
+
+/// Bytes for people: 1.5 GiB.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Throughput for people.
+pub fn rate(count: u64, seconds: f64) -> String {
+    if seconds <= 0.0 {
+        return "-".to_string();
+    }
+    format!("{}/s", bytes((count as f64 / seconds) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(super::bytes(512), "512 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::bytes(3 << 30), "3.0 GiB");
+    }
+}

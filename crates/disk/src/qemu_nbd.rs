@@ -1,0 +1,164 @@
+//! A `qemu-nbd` process serving one image on a private Unix socket.
+//!
+//! qemu's block layer reads every format Lifeboat supports (compressed qcow2 clusters,
+//! backing chains, dynamic VHD, VHDX), takes qemu's image locks, and reports allocation and
+//! dirty bitmaps over NBD. The process is tied to Lifeboat's: it gets `SIGTERM` when
+//! Lifeboat dies (even by `kill -9`), so no orphan keeps an image locked.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lifeboat_nbd::Client;
+
+use crate::error::{DiskError, Result};
+use crate::format::Format;
+use crate::inspect::classify_qemu_error;
+
+/// How long qemu-nbd may take to open an image and create its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The export name used on the private socket.
+const EXPORT: &str = "disk";
+
+/// How qemu-nbd should open the image.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Open for writing (restores), else read-only.
+    pub writable: bool,
+    /// Expose this persistent dirty bitmap as `qemu:dirty-bitmap:<name>`.
+    pub bitmap: Option<String>,
+}
+
+/// A running qemu-nbd; killed on drop.
+#[derive(Debug)]
+pub struct QemuNbd {
+    child: Child,
+    socket: PathBuf,
+    image: PathBuf,
+    _directory: tempfile::TempDir,
+}
+
+impl QemuNbd {
+    /// Starts qemu-nbd on `image` and waits until it accepts connections.
+    pub fn start(image: &Path, format: &Format, options: &ServeOptions) -> Result<QemuNbd> {
+        let directory = tempfile::Builder::new()
+            .prefix("lifeboat-nbd-")
+            .tempdir()
+            .map_err(|e| DiskError::Other {
+                path: image.to_path_buf(),
+                detail: format!("cannot create a socket directory: {e}"),
+            })?;
+        let socket = directory.path().join("nbd.sock");
+        let mut command = Command::new("qemu-nbd");
+        command
+            .arg(format!("--format={}", format.qemu_name()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--export-name={EXPORT}"))
+            .args(["--persistent", "--shared=8", "--cache=writeback"]);
+        if !options.writable {
+            command.arg("--read-only");
+        }
+        if let Some(bitmap) = &options.bitmap {
+            command.arg(format!("--bitmap={bitmap}"));
+        }
+        command
+            .arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| DiskError::ToolMissing {
+            tool: "qemu-nbd",
+            path: image.to_path_buf(),
+            source,
+        })?;
+        let mut server = QemuNbd {
+            child,
+            socket,
+            image: image.to_path_buf(),
+            _directory: directory,
+        };
+        server.wait_until_ready()?;
+        Ok(server)
+    }
+
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(_status)) = self.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(classify_qemu_error(&self.image, &stderr));
+            }
+            if self.socket.exists() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(DiskError::Other {
+                    path: self.image.clone(),
+                    detail: format!(
+                        "qemu-nbd did not start within {} s",
+                        START_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Opens a connection asking for `meta_contexts`.
+    pub fn connect(&self, meta_contexts: &[&str]) -> Result<Client> {
+        Client::connect_unix(&self.socket, EXPORT, meta_contexts).map_err(|e| DiskError::Other {
+            path: self.image.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Stops qemu-nbd and waits for it, so its locks and writes are released.
+    pub fn stop(mut self) -> Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Ok(());
+        }
+        // SIGTERM lets qemu-nbd flush and store persistent bitmaps before exiting.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(DiskError::Other {
+                        path: self.image.clone(),
+                        detail: "qemu-nbd did not stop in time and was killed".to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
