@@ -100,7 +100,9 @@ impl QemuNbd {
                 }
                 return Err(classify_qemu_error(&self.image, &stderr));
             }
-            if self.socket.exists() {
+            // The socket file appears at bind(), before qemu-nbd listens: only a successful
+            // connection proves it is ready.
+            if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
