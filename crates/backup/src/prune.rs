@@ -152,15 +152,31 @@ fn carry_out_ripe(
         .into_iter()
         .map(|o| (o.name, o.size_bytes))
         .collect();
+    // A recorded pack goes unless it holds the only stored copy of a chunk some point needs
+    // (a backup that committed after the record rescued it). Copies in other recorded packs
+    // do not count, so a chunk is never left with no copy at all.
+    let candidates: HashSet<&String> = ripe
+        .iter()
+        .flat_map(|(_, record)| &record.packs)
+        .filter(|pack| !quarantined.contains(*pack))
+        .collect();
+    let index = &loaded.chunks;
+    let has_copy_elsewhere = |chunk: &lifeboat_repository::ChunkId| {
+        index.locations(chunk).iter().any(|location| {
+            let pack = index.pack_name(location.pack);
+            !candidates.contains(&pack.to_string()) && sizes.contains_key(pack)
+        })
+    };
     let mut doomed = HashSet::new();
-    for (_, record) in &ripe {
-        for pack in &record.packs {
-            let still_needed = records_by_pack
-                .get(pack)
-                .is_some_and(|r| r.entries.iter().any(|e| needed.contains(&e.chunk)));
-            if !still_needed && !quarantined.contains(pack) {
-                doomed.insert(pack.clone());
-            }
+    for pack in &candidates {
+        let still_needed = records_by_pack.get(*pack).is_some_and(|record| {
+            record
+                .entries
+                .iter()
+                .any(|entry| needed.contains(&entry.chunk) && !has_copy_elsewhere(&entry.chunk))
+        });
+        if !still_needed {
+            doomed.insert((*pack).clone());
         }
     }
     if !doomed.is_empty() {
