@@ -292,7 +292,9 @@ bench_tool() {
     measure "$dir/full.log" "$dir" "${COMMAND[@]}"
     record "$name" "$tool" full_s "$SECONDS_TAKEN"
     record "$name" "$tool" full_rss_kib "$PEAK_RSS_KIB"
-    record "$name" "$tool" repo_full_b "$(du -sb "$repo" | cut -f1)"
+    local repo_full_bytes
+    repo_full_bytes=$(du -sb "$repo" | cut -f1)
+    record "$name" "$tool" repo_full_b "$repo_full_bytes"
 
     # 2. Incremental backup of the same path after the random writes.
     apply_changes "$dir/disk.raw" "$changes"
@@ -300,7 +302,10 @@ bench_tool() {
     measure "$dir/incremental.log" "$dir" "${COMMAND[@]}"
     record "$name" "$tool" incr_s "$SECONDS_TAKEN"
     record "$name" "$tool" incr_rss_kib "$PEAK_RSS_KIB"
-    record "$name" "$tool" repo_incr_b "$(du -sb "$repo" | cut -f1)"
+    local repo_incremental_bytes
+    repo_incremental_bytes=$(du -sb "$repo" | cut -f1)
+    record "$name" "$tool" repo_incr_b "$repo_incremental_bytes"
+    record "$name" "$tool" repo_added_b $((repo_incremental_bytes - repo_full_bytes))
 
     # 3. Restore of the latest backup into an empty directory (borg extracts into its
     # working directory), then a bit-for-bit check against the image backed up.
@@ -326,19 +331,20 @@ median() {
 }
 
 # Prints one table row: label, then the three tools' values, then Lifeboat/restic and
-# Lifeboat/borg. $2 is an awk expression of `v` (the median) giving the shown value.
+# Lifeboat/borg. $2 is an awk expression of `v` (the median) giving the shown value, $5
+# the printf format of values.
 row() {
-    local label=$1 expression=$2 metric=$3 image=$4
+    local label=$1 expression=$2 metric=$3 image=$4 format=${5:-%.1f}
     local values=()
     for tool in "${TOOLS[@]}"; do
         values+=("$(median "$image" "$tool" "$metric")")
     done
-    awk -v label="$label" -v size="$IMAGE_SIZE" -v a="${values[0]}" -v b="${values[1]}" -v c="${values[2]}" "
+    awk -v label="$label" -v format="$format" -v size="$IMAGE_SIZE" -v a="${values[0]}" -v b="${values[1]}" -v c="${values[2]}" "
         function f(v) { return $expression }
         function ratio(x, y) { return y > 0 ? sprintf(\"%.2f\", x / y) : \"n/a\" }
         BEGIN {
             x = f(a); y = f(b); z = f(c)
-            printf \"| %s | %.1f | %.1f | %.1f | %s | %s |\n\", label, x, y, z, ratio(x, y), ratio(x, z)
+            printf \"| %s | \" format \" | \" format \" | \" format \" | %s | %s |\n\", label, x, y, z, ratio(x, y), ratio(x, z)
         }"
 }
 
@@ -358,6 +364,8 @@ report() {
     echo "- Page cache dropped before every measured step: $CACHE_DROPS. Every measured step ends" \
         "with sync. Incremental: 1 % of the image's 4 KiB blocks overwritten in place with random" \
         "data (the same blocks and bytes for every tool). Every restore was checked bit for bit."
+    echo "- Restores use each tool's defaults: Lifeboat leaves all-zero chunks as holes in the" \
+        "restored image; restic 0.14 and borg (without --sparse) write the zeros out."
     echo "- Ratios are Lifeboat's value divided by the other tool's: above 1 is better for" \
         "throughput, below 1 is better for time, memory and size."
     for image in "${IMAGES[@]}"; do
@@ -369,14 +377,15 @@ report() {
         echo
         echo "| Measure | Lifeboat | restic | borg | Lifeboat/restic | Lifeboat/borg |"
         echo "|---|---:|---:|---:|---:|---:|"
-        row "Full backup: time (s)" v full_s "$name"
+        row "Full backup: time (s)" v full_s "$name" %.2f
         row "Full backup: throughput (MiB/s)" "$per_second" full_s "$name"
         row "Full backup: peak RSS (MiB)" "$kib" full_rss_kib "$name"
         row "Repository after full backup (MiB)" "$mib" repo_full_b "$name"
-        row "Incremental backup: time (s)" v incr_s "$name"
+        row "Incremental backup: time (s)" v incr_s "$name" %.2f
         row "Incremental backup: peak RSS (MiB)" "$kib" incr_rss_kib "$name"
+        row "Incremental backup: repository growth (MiB)" "$mib" repo_added_b "$name"
         row "Repository after incremental (MiB)" "$mib" repo_incr_b "$name"
-        row "Restore: time (s)" v restore_s "$name"
+        row "Restore: time (s)" v restore_s "$name" %.2f
         row "Restore: throughput (MiB/s)" "$per_second" restore_s "$name"
         row "Restore: peak RSS (MiB)" "$kib" restore_rss_kib "$name"
     done

@@ -137,6 +137,13 @@ fn bitmap_prefix(repository: &Repository) -> String {
     format!("lifeboat-{}-", &repository.config().repository_id[..8])
 }
 
+/// The new point's name, its base, and when the backup started.
+struct PointIdentity {
+    point: String,
+    parent: Option<String>,
+    started: Instant,
+}
+
 /// One disk being backed up.
 struct DiskWork {
     name: String,
@@ -223,15 +230,18 @@ pub fn backup(
     let parent = base_point
         .filter(|_| work.iter().any(|d| d.base.is_some()))
         .map(|p| p.point.clone());
+    let identity = PointIdentity {
+        point: point.clone(),
+        parent,
+        started,
+    };
     let result = backup_locked(
         repository,
         options,
         progress,
-        &point,
-        parent,
+        &identity,
         &mut work,
         &dedup.chunks,
-        started,
     );
     // Change tracking follows the outcome: on success the old bitmaps go, on failure the new.
     for disk in &work {
@@ -269,12 +279,12 @@ fn backup_locked(
     repository: &Repository,
     options: &BackupOptions,
     progress: &dyn Progress,
-    point: &str,
-    parent: Option<String>,
+    identity: &PointIdentity,
     work: &mut [DiskWork],
     dedup: &ChunkIndex,
-    started: Instant,
 ) -> Result<BackupReport> {
+    let point = identity.point.as_str();
+    let parent = identity.parent.clone();
     // Open (and lock) every disk before reading any: this is the consistent cut.
     let mut sources = Vec::new();
     for disk in work.iter() {
@@ -359,7 +369,7 @@ fn backup_locked(
             source_fingerprint: fingerprint,
         });
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = identity.started.elapsed().as_secs_f64();
     let manifest = Manifest {
         point: point.to_string(),
         vm: options.vm.clone(),

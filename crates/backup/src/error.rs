@@ -23,15 +23,14 @@ pub enum EngineError {
     Disk(#[from] DiskError),
 
     #[error(
-        "restore of point {point} refused: disk '{disk}' at offset {offset}: {source}. \
+        "restore of point {point} refused: disk '{disk}' at offset {offset}: {damage}. \
          No file was left under the disk's name. Run 'lifeboat verify --read-data' for a full report"
     )]
     RestoreDamaged {
         point: String,
         disk: String,
         offset: u64,
-        #[source]
-        source: RepositoryError,
+        damage: Box<RepositoryError>,
     },
 
     #[error("invalid request: {0}")]

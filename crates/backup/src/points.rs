@@ -8,7 +8,7 @@ use crate::error::{EngineError, Result};
 /// manifest. A `vm` given with an id must match the point's VM.
 pub fn resolve_point(repository: &Repository, spec: &str, vm: Option<&str>) -> Result<Manifest> {
     let list = repository.list_points()?;
-    let candidates = list
+    let mut candidates = list
         .points
         .into_iter()
         .filter(|p| vm.is_none_or(|vm| p.vm == vm));
@@ -16,7 +16,7 @@ pub fn resolve_point(repository: &Repository, spec: &str, vm: Option<&str>) -> R
         let Some(vm) = vm else {
             return Err(EngineError::Invalid("'latest' needs --vm NAME".to_string()));
         };
-        return candidates.last().ok_or_else(|| {
+        return candidates.next_back().ok_or_else(|| {
             EngineError::Refused(format!(
                 "VM '{vm}' has no recovery point in repository {}",
                 repository.location()

@@ -90,6 +90,11 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     let index = repository.load_read_index()?.chunks;
+    let quarantined: lifeboat_repository::ChunkSet = repository
+        .list_quarantine()?
+        .iter()
+        .filter_map(|record| record.chunk_id())
+        .collect();
     std::fs::create_dir_all(&options.target_directory).map_err(|e| {
         EngineError::Invalid(format!(
             "cannot create target directory {}: {e}",
@@ -126,10 +131,17 @@ pub fn restore(
                     point: manifest.point.clone(),
                     disk: entry.name.clone(),
                     offset: disk_index.chunk_range(position).0,
-                    source: RepositoryError::MissingChunk {
-                        location: repository.location(),
-                        chunk: *id,
-                    },
+                    damage: Box::new(if quarantined.contains(id) {
+                        RepositoryError::QuarantinedChunk {
+                            location: repository.location(),
+                            chunk: *id,
+                        }
+                    } else {
+                        RepositoryError::MissingChunk {
+                            location: repository.location(),
+                            chunk: *id,
+                        }
+                    }),
                 });
             }
         }
@@ -223,7 +235,7 @@ fn restore_disk(
         point: manifest.point.clone(),
         disk: disk_name.to_string(),
         offset: disk_index.chunk_range(chunk_index).0,
-        source,
+        damage: Box::new(source),
     };
 
     let written = std::thread::scope(|scope| -> Result<u64> {

@@ -23,7 +23,11 @@ fn packs(repository: &Path) -> Vec<PathBuf> {
 }
 
 fn flip_byte(file: &Path, offset: u64) {
-    let handle = OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let handle = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
     let mut byte = [0u8; 1];
     handle.read_exact_at(&mut byte, offset).unwrap();
     byte[0] ^= 0x01;
@@ -34,11 +38,19 @@ fn flip_byte(file: &Path, offset: u64) {
 fn a_truncated_qcow2_is_refused_naming_the_disk() {
     let harness = Harness::new();
     let image = harness.copy_image("fs.qcow2");
-    std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(20 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
     let error = harness.fails(&["backup", "--vm", "vm", image.to_str().unwrap()]);
     assert!(error.contains(image.to_str().unwrap()), "{error}");
     assert!(error.contains("damage"), "{error}");
-    assert!(harness.points().is_empty(), "no point after a refused backup");
+    assert!(
+        harness.points().is_empty(),
+        "no point after a refused backup"
+    );
 }
 
 #[test]
@@ -46,9 +58,17 @@ fn truncated_vhd_and_vhdx_are_refused_naming_the_disk() {
     let harness = Harness::new();
     for name in ["fs-dynamic.vhd", "fs.vhdx"] {
         let image = harness.copy_image(name);
-        std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(20 << 20).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .set_len(20 << 20)
+            .unwrap();
         let error = harness.fails(&["backup", "--vm", "vm", image.to_str().unwrap()]);
-        assert!(error.contains(image.to_str().unwrap()) && error.contains("truncated"), "{error}");
+        assert!(
+            error.contains(image.to_str().unwrap()) && error.contains("truncated"),
+            "{error}"
+        );
     }
     assert!(harness.points().is_empty());
 }
@@ -59,7 +79,9 @@ fn a_qcow2_with_a_corrupt_header_is_refused() {
     let image = harness.copy_image("fs.qcow2");
     // l1_table_offset (header bytes 40..48) pointing far beyond the end of the file.
     let handle = OpenOptions::new().write(true).open(&image).unwrap();
-    handle.write_all_at(&(1u64 << 50).to_be_bytes(), 40).unwrap();
+    handle
+        .write_all_at(&(1u64 << 50).to_be_bytes(), 40)
+        .unwrap();
     let error = harness.fails(&["backup", "--vm", "vm", image.to_str().unwrap()]);
     assert!(error.contains("cannot be read as a disk image"), "{error}");
     assert!(harness.points().is_empty());
@@ -69,7 +91,10 @@ fn a_qcow2_with_a_corrupt_header_is_refused() {
 fn a_missing_disk_is_named() {
     let harness = Harness::new();
     let error = harness.fails(&["backup", "--vm", "vm", "/nonexistent/disk.qcow2"]);
-    assert!(error.contains("/nonexistent/disk.qcow2 does not exist"), "{error}");
+    assert!(
+        error.contains("/nonexistent/disk.qcow2 does not exist"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -77,13 +102,26 @@ fn a_wrong_or_missing_password_is_refused_clearly() {
     let harness = Harness::new();
     let image = harness.copy_image("random.raw");
     harness.backup("vm", &[&image]);
-    let output = harness.command().env("LIFEBOAT_PASSWORD", "wrong").arg("points").output().unwrap();
+    let output = harness
+        .command()
+        .env("LIFEBOAT_PASSWORD", "wrong")
+        .arg("points")
+        .output()
+        .unwrap();
     let error = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
     assert!(error.contains("wrong password for repository"), "{error}");
-    let output = harness.command().env_remove("LIFEBOAT_PASSWORD").arg("points").output().unwrap();
+    let output = harness
+        .command()
+        .env_remove("LIFEBOAT_PASSWORD")
+        .arg("points")
+        .output()
+        .unwrap();
     let error = String::from_utf8_lossy(&output.stderr);
-    assert!(error.contains("needs a password") && error.contains("--password-file"), "{error}");
+    assert!(
+        error.contains("needs a password") && error.contains("--password-file"),
+        "{error}"
+    );
     // The password file works too.
     let file = harness.path("password");
     std::fs::write(&file, format!("{}\n", harness.password)).unwrap();
@@ -112,13 +150,25 @@ fn damaged_repository(encryption: &str) -> (Harness, PathBuf, String) {
 fn a_flipped_byte_is_named_by_verify_refused_by_restore_and_healed_by_the_next_backup() {
     for encryption in ["aes-256-gcm", "none"] {
         let (harness, image, point) = damaged_repository(encryption);
+        // Before any verify, restore meets the damage itself and refuses.
+        let early = harness.path("early");
+        let error = harness.fails(&["restore", &point, "--target", early.to_str().unwrap()]);
+        assert!(error.contains(&point) && error.contains("is damaged: authentication failed"), "{error}");
+        assert!(!early.join("random.raw").exists());
         // Structure alone looks fine; reading the data finds the damage.
         harness.ok(&["verify"]);
         let (code, stdout, _) = harness.run(&["verify", "--read-data"]);
         assert_eq!(code, 3, "verify exits 3 on damage: {stdout}");
         assert!(stdout.contains("damaged-chunk"), "{stdout}");
-        assert!(stdout.contains(&format!("affects points: {point} (VM 'vm')")), "{stdout}");
-        let report = harness.command().args(["--json", "verify", "--read-data"]).output().unwrap();
+        assert!(
+            stdout.contains(&format!("affects points: {point} (VM 'vm')")),
+            "{stdout}"
+        );
+        let report = harness
+            .command()
+            .args(["--json", "verify", "--read-data"])
+            .output()
+            .unwrap();
         let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
         assert_eq!(report["damage"].as_array().unwrap().len(), 1, "{report}");
 
@@ -126,13 +176,27 @@ fn a_flipped_byte_is_named_by_verify_refused_by_restore_and_healed_by_the_next_b
         let target = harness.path("restored");
         let error = harness.fails(&["restore", &point, "--target", target.to_str().unwrap()]);
         let chunk = report["damage"][0]["object"].as_str().unwrap();
-        assert!(error.contains(&point) && error.contains("at offset 0") && error.contains(chunk), "{error}");
+        assert!(
+            error.contains(&point)
+                && error.contains("disk 'random.raw' at offset ")
+                && error.contains(chunk)
+                && error.contains("damaged"),
+            "{error}"
+        );
         assert!(!target.join("random.raw").exists());
-        assert_eq!(std::fs::read_dir(&target).map(|d| d.count()).unwrap_or(0), 0, "no partial file");
+        assert_eq!(
+            std::fs::read_dir(&target).map(|d| d.count()).unwrap_or(0),
+            0,
+            "no partial file"
+        );
 
         // The next backup of the same data stores a healthy copy; then everything restores.
         let next = harness.backup("vm", &[&image]);
-        assert_eq!(number(&next, "bytes_new"), 65536, "exactly the damaged chunk is stored again");
+        assert_eq!(
+            number(&next, "bytes_new"),
+            65536,
+            "exactly the damaged chunk is stored again"
+        );
         for restored_point in [&point, &text(&next, "point")] {
             let target = harness.path(&format!("healed-{restored_point}"));
             harness.restore(restored_point, &target, &[]);
@@ -160,7 +224,10 @@ fn a_deleted_pack_is_named_with_every_point_it_affects() {
     let (code, stdout, _) = harness.run(&["verify"]);
     assert_eq!(code, 3, "{stdout}");
     assert!(stdout.contains("is missing"), "{stdout}");
-    assert!(stdout.contains(&first) && stdout.contains(&second), "both points are named: {stdout}");
+    assert!(
+        stdout.contains(&first) && stdout.contains(&second),
+        "both points are named: {stdout}"
+    );
     let target = harness.path("restored");
     let error = harness.fails(&["restore", &first, "--target", target.to_str().unwrap()]);
     assert!(error.contains(&first), "{error}");
@@ -178,7 +245,10 @@ fn a_damaged_manifest_is_reported_and_blocks_prune() {
     flip_byte(&harness.repository.join("points").join(&point), 20);
     let (code, stdout, _) = harness.run(&["verify"]);
     assert_eq!(code, 3);
-    assert!(stdout.contains("damaged-manifest") && stdout.contains(&point), "{stdout}");
+    assert!(
+        stdout.contains("damaged-manifest") && stdout.contains(&point),
+        "{stdout}"
+    );
     let error = harness.fails(&["prune"]);
     assert!(error.contains("prune deletes nothing"), "{error}");
     assert_eq!(packs(&harness.repository).len(), 1, "prune deleted nothing");
@@ -204,18 +274,28 @@ fn kill_after(harness: &Harness, arguments: &[&str], delay: Duration) -> bool {
 #[test]
 fn kill_9_during_backup_never_lists_an_unrestorable_point_and_the_next_backup_succeeds() {
     let harness = Harness::new();
-    let disks: Vec<PathBuf> = ["fs.raw", "fs.qcow2", "random.raw"].iter().map(|n| harness.copy_image(n)).collect();
+    let disks: Vec<PathBuf> = ["fs.raw", "fs.qcow2", "random.raw"]
+        .iter()
+        .map(|n| harness.copy_image(n))
+        .collect();
     let mut arguments = vec!["backup", "--vm", "vm"];
     arguments.extend(disks.iter().map(|d| d.to_str().unwrap()));
     let mut interrupted = 0;
-    for (round, milliseconds) in [5u64, 40, 90, 150, 250, 400, 600, 900, 1300].iter().enumerate() {
+    for (round, milliseconds) in [5u64, 40, 90, 150, 250, 400, 600, 900, 1300]
+        .iter()
+        .enumerate()
+    {
         if !kill_after(&harness, &arguments, Duration::from_millis(*milliseconds)) {
             interrupted += 1;
         }
         // Change the data between rounds so later rounds store new chunks.
         common::random_writes(&disks[round % 2], 20, round as u64);
         let report = harness.json(&["verify", "--read-data"]);
-        assert_eq!(report["damage"].as_array().unwrap().len(), 0, "after a kill at {milliseconds} ms: {report}");
+        assert_eq!(
+            report["damage"].as_array().unwrap().len(),
+            0,
+            "after a kill at {milliseconds} ms: {report}"
+        );
     }
     assert!(interrupted >= 3, "most kills landed during a backup");
     // The stale lease of the killed process does not block the next backup.
@@ -231,7 +311,13 @@ fn kill_9_during_backup_never_lists_an_unrestorable_point_and_the_next_backup_su
         harness.restore(&text(&point, "point"), &target, &[]);
     }
     harness.ok(&["prune"]);
-    assert_eq!(harness.json(&["verify", "--read-data"])["damage"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        harness.json(&["verify", "--read-data"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -248,7 +334,11 @@ fn kill_9_during_prune_loses_nothing() {
     for milliseconds in [1u64, 3, 8, 15, 30, 60, 120] {
         kill_after(&harness, &["prune"], Duration::from_millis(milliseconds));
         let report = harness.json(&["verify", "--read-data"]);
-        assert_eq!(report["damage"].as_array().unwrap().len(), 0, "after a kill at {milliseconds} ms: {report}");
+        assert_eq!(
+            report["damage"].as_array().unwrap().len(),
+            0,
+            "after a kill at {milliseconds} ms: {report}"
+        );
         assert_eq!(harness.points().len(), 2);
     }
     let report = harness.json(&["prune"]);
@@ -262,21 +352,38 @@ fn kill_9_during_prune_loses_nothing() {
 #[test]
 fn two_backups_of_one_vm_at_once_one_is_refused_clearly() {
     let harness = Harness::new();
-    let disks: Vec<PathBuf> =
-        ["fs.raw", "fs.vhdx", "fs-fixed.vhd", "fs-compressed.qcow2"].iter().map(|n| harness.copy_image(n)).collect();
+    let disks: Vec<PathBuf> = ["fs.raw", "fs.vhdx", "fs-fixed.vhd", "fs-compressed.qcow2"]
+        .iter()
+        .map(|n| harness.copy_image(n))
+        .collect();
     let mut arguments = vec!["backup".to_string(), "--vm".to_string(), "vm".to_string()];
     arguments.extend(disks.iter().map(|d| d.display().to_string()));
-    let mut first = harness.command().args(&arguments).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = harness
+        .command()
+        .args(&arguments)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let locks = harness.repository.join("locks");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the first backup never took its lease");
+        assert!(
+            Instant::now() < deadline,
+            "the first backup never took its lease"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
     let error = harness.fails(&arguments);
-    assert!(error.contains("backup of VM 'vm' is locked by backup by pid"), "{error}");
-    assert!(first.wait().unwrap().success(), "the first backup completes");
+    assert!(
+        error.contains("backup of VM 'vm' is locked by backup by pid"),
+        "{error}"
+    );
+    assert!(
+        first.wait().unwrap().success(),
+        "the first backup completes"
+    );
     // Other VMs are not blocked: a backup of another VM ran beside it in other tests; here
     // the lease is gone once the first finished.
     harness.ok(&arguments);
@@ -294,7 +401,10 @@ impl SmallFilesystem {
             .arg(path)
             .status()
             .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root; the test suite runs as root (see README)");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root; the test suite runs as root (see README)"
+        );
         SmallFilesystem(path.to_path_buf())
     }
 
@@ -321,9 +431,21 @@ fn a_full_repository_disk_fails_cleanly_and_the_next_backup_succeeds() {
     harness.ok(&["init"]);
     let image = harness.copy_image("random.raw");
     let error = harness.fails(&["backup", "--vm", "vm", image.to_str().unwrap()]);
-    assert!(error.contains("is full") && error.contains("free space"), "{error}");
-    assert!(harness.points().is_empty(), "a failed backup lists no point");
-    assert_eq!(harness.json(&["verify"])["damage"].as_array().unwrap().len(), 0);
+    assert!(
+        error.contains("is full") && error.contains("free space"),
+        "{error}"
+    );
+    assert!(
+        harness.points().is_empty(),
+        "a failed backup lists no point"
+    );
+    assert_eq!(
+        harness.json(&["verify"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     mount.resize("64m");
     let report = harness.backup("vm", &[&image]);
     let target = harness.path("restored");
@@ -342,8 +464,15 @@ fn a_full_restore_target_fails_cleanly_leaving_no_file() {
     let target = harness.path("small");
     let _mount = SmallFilesystem::mount(&target, "4m");
     let error = harness.fails(&["restore", &point, "--target", target.to_str().unwrap()]);
-    assert!(error.contains("full") && error.contains("free space"), "{error}");
-    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "no file, partial or not, is left");
+    assert!(
+        error.contains("full") && error.contains("free space"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "no file, partial or not, is left"
+    );
 }
 
 #[test]
@@ -356,7 +485,10 @@ fn restoring_over_an_existing_file_is_refused() {
     std::fs::write(target.join("random.raw"), b"precious").unwrap();
     let error = harness.fails(&["restore", &point, "--target", target.to_str().unwrap()]);
     assert!(error.contains("already exists"), "{error}");
-    assert_eq!(std::fs::read(target.join("random.raw")).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(target.join("random.raw")).unwrap(),
+        b"precious"
+    );
 }
 
 #[test]
@@ -379,7 +511,10 @@ fn a_disk_in_use_by_a_running_qemu_is_refused() {
             std::thread::sleep(Duration::from_millis(10));
         }
         let error = harness.fails(&["backup", "--vm", "vm", image.to_str().unwrap()]);
-        assert!(error.contains("in use by another process"), "{name}: {error}");
+        assert!(
+            error.contains("in use by another process"),
+            "{name}: {error}"
+        );
         holder.kill().unwrap();
         holder.wait().unwrap();
     }

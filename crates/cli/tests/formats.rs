@@ -16,8 +16,15 @@ fn round_trip(name: &str) {
     let target = harness.path("restored");
     let restored = harness.restore(&text(&report, "point"), &target, &[]);
     let path = Path::new(restored["disks"][0]["path"].as_str().unwrap()).to_path_buf();
-    assert_eq!(path, target.join(name), "the restored disk keeps its file name");
-    assert!(identical(&image, &path), "{name} restored with different content");
+    assert_eq!(
+        path,
+        target.join(name),
+        "the restored disk keeps its file name"
+    );
+    assert!(
+        identical(&image, &path),
+        "{name} restored with different content"
+    );
 }
 
 #[test]
@@ -77,8 +84,16 @@ fn zeros_are_never_stored_and_restore_sparse() {
     let sparse = harness.copy_image("zeros-sparse.raw");
     let written = harness.copy_image("zeros-written.raw");
     let report = harness.backup("zeros", &[&sparse, &written]);
-    assert_eq!(number(&report, "bytes_new"), 0, "zero chunks are never stored");
-    assert_eq!(number(&report["disks"][0], "bytes_read"), 0, "holes are not even read");
+    assert_eq!(
+        number(&report, "bytes_new"),
+        0,
+        "zero chunks are never stored"
+    );
+    assert_eq!(
+        number(&report["disks"][0], "bytes_read"),
+        0,
+        "holes are not even read"
+    );
     let target = harness.path("restored");
     harness.restore(&text(&report, "point"), &target, &[]);
     for name in ["zeros-sparse.raw", "zeros-written.raw"] {
@@ -86,7 +101,11 @@ fn zeros_are_never_stored_and_restore_sparse() {
         assert!(identical(&harness.path(name), &restored));
         let metadata = std::fs::metadata(&restored).unwrap();
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(metadata.blocks(), 0, "{name} restored without allocating any block");
+        assert_eq!(
+            metadata.blocks(),
+            0,
+            "{name} restored without allocating any block"
+        );
     }
 }
 
@@ -109,7 +128,11 @@ fn identical_data_in_another_vm_is_deduplicated() {
     let report = harness.backup("one", &[&first]);
     assert!(number(&report, "bytes_new") > 10 << 20);
     let report = harness.backup("two", &[&second]);
-    assert_eq!(number(&report, "bytes_new"), 0, "the same filesystem as raw adds nothing");
+    assert_eq!(
+        number(&report, "bytes_new"),
+        0,
+        "the same filesystem as raw adds nothing"
+    );
 }
 
 #[test]
@@ -128,7 +151,10 @@ fn restores_convert_between_formats() {
         let report = harness.restore(&point, &target, &["--format", format]);
         assert_eq!(report["disks"][0]["format"], format);
         for name in names {
-            assert!(identical(&qcow2, &target.join(name)), "{name} differs after conversion to {format}");
+            assert!(
+                identical(&qcow2, &target.join(name)),
+                "{name} differs after conversion to {format}"
+            );
         }
     }
 }
@@ -165,12 +191,18 @@ fn incremental_after_random_writes(name: &str) -> serde_json::Value {
     let first = harness.backup("vm", &[&image]);
     random_writes(&image, 100, 7);
     let second = harness.backup("vm", &[&image]);
-    assert_eq!(second["parent"], first["point"], "the second point is incremental from the first");
+    assert_eq!(
+        second["parent"], first["point"],
+        "the second point is incremental from the first"
+    );
     assert!(!identical(&before, &image), "the writes changed the disk");
     for (report, expected) in [(&first, &before), (&second, &image)] {
         let target = harness.path(&format!("restored-{}", text(report, "point")));
         harness.restore(&text(report, "point"), &target, &[]);
-        assert!(identical(expected, &target.join(name)), "{name}: a point restored different content");
+        assert!(
+            identical(expected, &target.join(name)),
+            "{name}: a point restored different content"
+        );
     }
     // Only chunks that changed are new: at most one 64 KiB chunk per 4 KiB write.
     assert!(number(&second, "bytes_new") <= 100 * 65536, "{second}");
@@ -219,8 +251,15 @@ fn full_reads_everything_and_leaves_no_bitmap() {
     let harness = Harness::new();
     let image = harness.copy_image("fs.qcow2");
     harness.ok(&["backup", "--vm", "vm", "--full", image.to_str().unwrap()]);
-    let info = std::process::Command::new("qemu-img").args(["info", "--output=json"]).arg(&image).output().unwrap();
-    assert!(!String::from_utf8_lossy(&info.stdout).contains("lifeboat-"), "--full leaves the image untouched");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&info.stdout).contains("lifeboat-"),
+        "--full leaves the image untouched"
+    );
     random_writes(&image, 10, 3);
     let report = harness.json(&["backup", "--vm", "vm", "--full", image.to_str().unwrap()]);
     assert_eq!(report["disks"][0]["mode"], "full");

@@ -16,8 +16,15 @@ fn init_refuses_an_existing_repository_and_commands_refuse_a_missing_one() {
     assert!(error.contains("already exists"), "{error}");
     let missing = Harness::uninitialised();
     let error = missing.fails(&["points"]);
-    assert!(error.contains("no Lifeboat repository") && error.contains("lifeboat init"), "{error}");
-    let output = Command::new(env!("CARGO_BIN_EXE_lifeboat")).env_remove("LIFEBOAT_REPO").arg("points").output().unwrap();
+    assert!(
+        error.contains("no Lifeboat repository") && error.contains("lifeboat init"),
+        "{error}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .env_remove("LIFEBOAT_REPO")
+        .arg("points")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("--repo"));
 }
 
@@ -29,7 +36,10 @@ fn an_unencrypted_repository_must_be_asked_for_and_keeps_no_key() {
     assert!(!harness.repository.join("keys").exists());
     let encrypted = Harness::uninitialised();
     let report = encrypted.json(&["init"]);
-    assert_eq!(report["encryption"], "aes-256-gcm", "encryption is the default");
+    assert_eq!(
+        report["encryption"], "aes-256-gcm",
+        "encryption is the default"
+    );
     assert_eq!(report["chunk_size_bytes"], 65536);
 }
 
@@ -38,10 +48,25 @@ fn encrypted_repositories_do_not_reveal_names_or_data() {
     let harness = Harness::new();
     let image = harness.copy_image("fs.raw");
     harness.backup("secret-vm-name", &[&image]);
-    let output = Command::new("grep").args(["-r", "-l", "-a", "secret-vm-name"]).arg(&harness.repository).output().unwrap();
-    assert!(output.stdout.is_empty(), "the VM name appears in {}", String::from_utf8_lossy(&output.stdout));
-    let output = Command::new("grep").args(["-r", "-l", "-a", "lifeboat-test"]).arg(&harness.repository).output().unwrap();
-    assert!(output.stdout.is_empty(), "the filesystem label appears in the repository");
+    let output = Command::new("grep")
+        .args(["-r", "-l", "-a", "secret-vm-name"])
+        .arg(&harness.repository)
+        .output()
+        .unwrap();
+    assert!(
+        output.stdout.is_empty(),
+        "the VM name appears in {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let output = Command::new("grep")
+        .args(["-r", "-l", "-a", "lifeboat-test"])
+        .arg(&harness.repository)
+        .output()
+        .unwrap();
+    assert!(
+        output.stdout.is_empty(),
+        "the filesystem label appears in the repository"
+    );
 }
 
 #[test]
@@ -49,17 +74,33 @@ fn backup_json_has_the_documented_fields() {
     let harness = Harness::new();
     let image = harness.copy_image("fs.qcow2");
     let report = harness.backup("web1", &[&image]);
-    for field in ["point", "vm", "bytes_read", "bytes_new", "bytes_stored", "seconds"] {
-        assert!(!report[field].is_null(), "backup --json lacks {field}: {report}");
+    for field in [
+        "point",
+        "vm",
+        "bytes_read",
+        "bytes_new",
+        "bytes_stored",
+        "seconds",
+    ] {
+        assert!(
+            !report[field].is_null(),
+            "backup --json lacks {field}: {report}"
+        );
     }
     assert_eq!(report["vm"], "web1");
-    assert!(number(&report, "bytes_stored") < number(&report, "bytes_new"), "real files compress");
+    assert!(
+        number(&report, "bytes_stored") < number(&report, "bytes_new"),
+        "real files compress"
+    );
     let points = harness.points();
     for field in ["point", "vm", "time", "consistency", "disks"] {
         assert!(!points[0][field].is_null(), "points --json lacks {field}");
     }
     for field in ["name", "format", "virtual_size_bytes"] {
-        assert!(!points[0]["disks"][0][field].is_null(), "points --json disks lack {field}");
+        assert!(
+            !points[0]["disks"][0][field].is_null(),
+            "points --json disks lack {field}"
+        );
     }
 }
 
@@ -71,14 +112,27 @@ fn points_are_named_by_id_prefix_or_latest_and_filtered_by_vm() {
     common::random_writes(&image, 5, 1);
     let second = text(&harness.backup("a", &[&image]), "point");
     let other = text(&harness.backup("b", &[&image]), "point");
-    assert_eq!(harness.json(&["points", "--vm", "a"]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        harness
+            .json(&["points", "--vm", "a"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(harness.points().len(), 3);
     for (spec, expected) in [(first[..8].to_string(), &first), (second.clone(), &second)] {
         let target = harness.path(&format!("by-{spec}"));
-        assert_eq!(text(&harness.restore(&spec, &target, &[]), "point"), *expected);
+        assert_eq!(
+            text(&harness.restore(&spec, &target, &[]), "point"),
+            *expected
+        );
     }
     let target = harness.path("latest");
-    assert_eq!(text(&harness.restore("latest", &target, &["--vm", "a"]), "point"), second);
+    assert_eq!(
+        text(&harness.restore("latest", &target, &["--vm", "a"]), "point"),
+        second
+    );
     let error = harness.fails(&["restore", "latest", "--target", "/tmp/x"]);
     assert!(error.contains("'latest' needs --vm"), "{error}");
     let error = harness.fails(&["restore", "", "--target", "/tmp/x"]);
@@ -96,7 +150,12 @@ fn forget_applies_the_policy_and_prune_frees_the_space() {
         // Rewrite a quarter of the disk each time, so each point owns new data.
         let offset = round * (4 << 20);
         let output = Command::new("qemu-io")
-            .args(["-f", "raw", "-c", &format!("write -P {} {offset} 4M", round + 1)])
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {} {offset} 4M", round + 1),
+            ])
             .arg(&image)
             .output()
             .unwrap();
@@ -110,25 +169,51 @@ fn forget_applies_the_policy_and_prune_frees_the_space() {
     let error = harness.fails(&["forget", "--vm", "vm"]);
     assert!(error.contains("at least one --keep"), "{error}");
     let report = harness.json(&["forget", "--vm", "vm", "--keep-last", "2"]);
-    let removed: Vec<&str> = report["removed"].as_array().unwrap().iter().map(|d| d["point"].as_str().unwrap()).collect();
+    let removed: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["point"].as_str().unwrap())
+        .collect();
     assert_eq!(removed, [points[1].as_str(), points[0].as_str()]);
     let listed: Vec<String> = harness.points().iter().map(|p| text(p, "point")).collect();
     assert_eq!(listed, [points[2].clone(), points[3].clone()]);
     let prune = harness.json(&["prune"]);
-    assert!(number(&prune, "bytes_freed") > 0 || number(&prune, "packs_repacked") > 0, "{prune}");
+    assert!(
+        number(&prune, "bytes_freed") > 0 || number(&prune, "packs_repacked") > 0,
+        "{prune}"
+    );
     assert_eq!(prune["packs_pending"], 0, "{prune}");
     let size_after = repository_bytes(&harness);
-    assert!(size_after < size_before, "prune freed space: {size_before} -> {size_after}");
+    assert!(
+        size_after < size_before,
+        "prune freed space: {size_before} -> {size_after}"
+    );
     // Everything kept still restores, and verify finds nothing wrong.
     let target = harness.path("restored");
     harness.restore(&points[3], &target, &[]);
     assert!(identical(&image, &target.join("random.raw")));
-    assert_eq!(harness.json(&["verify", "--read-data"])["damage"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        harness.json(&["verify", "--read-data"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 fn repository_bytes(harness: &Harness) -> u64 {
-    let output = Command::new("du").args(["-sb"]).arg(&harness.repository).output().unwrap();
-    String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap().parse().unwrap()
+    let output = Command::new("du")
+        .args(["-sb"])
+        .arg(&harness.repository)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -145,20 +230,36 @@ fn prune_beside_a_running_backup_never_deletes_what_it_will_need() {
     assert_eq!(harness.points().len(), 1);
     let mut backup = harness
         .command()
-        .args(["backup", "--vm", "other", big.to_str().unwrap(), image.to_str().unwrap()])
+        .args([
+            "backup",
+            "--vm",
+            "other",
+            big.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut waited = false;
     for _ in 0..10 {
         let report = harness.json(&["prune"]);
-        waited |= number(&report, "packs_pending") > 0 && !report["waiting_for"].as_array().unwrap().is_empty();
+        waited |= number(&report, "packs_pending") > 0
+            && !report["waiting_for"].as_array().unwrap().is_empty();
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(backup.wait().unwrap().success());
-    assert!(waited, "prune waited for the running backup before deleting");
+    assert!(
+        waited,
+        "prune waited for the running backup before deleting"
+    );
     harness.ok(&["prune"]);
-    assert_eq!(harness.json(&["verify", "--read-data"])["damage"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        harness.json(&["verify", "--read-data"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let target = harness.path("restored");
     harness.restore("latest", &target, &["--vm", "other"]);
     assert!(identical(&image, &target.join("fs.raw")));
@@ -182,11 +283,21 @@ fn prune_after_forgetting_everything_but_one_point_of_many_vms() {
         let target = harness.path(&text(&point, "point"));
         harness.restore(&text(&point, "point"), &target, &[]);
     }
-    assert_eq!(harness.json(&["verify", "--read-data"])["damage"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        harness.json(&["verify", "--read-data"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 /// Starts `lifeboat export` and returns it with the URIs it announced.
-fn export(harness: &Harness, point: &str, listen: &str) -> (std::process::Child, serde_json::Value) {
+fn export(
+    harness: &Harness,
+    point: &str,
+    listen: &str,
+) -> (std::process::Child, serde_json::Value) {
     let mut child = harness
         .command()
         .args(["--json", "export", point, "--listen", listen])
@@ -195,8 +306,11 @@ fn export(harness: &Harness, point: &str, listen: &str) -> (std::process::Child,
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let announcement: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let announcement: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     (child, announcement)
 }
 
@@ -207,7 +321,10 @@ fn qemu_reads_an_exported_point_bit_exact_over_tcp_and_unix_sockets() {
     let data = harness.copy_image("odd-size.raw");
     let point = text(&harness.backup("vm", &[&system, &data]), "point");
     let socket = harness.path("export.sock");
-    for listen in ["127.0.0.1:0".to_string(), format!("unix:{}", socket.display())] {
+    for listen in [
+        "127.0.0.1:0".to_string(),
+        format!("unix:{}", socket.display()),
+    ] {
         let (mut child, announcement) = export(&harness, &point[..10], &listen);
         assert_eq!(announcement["point"], point.as_str());
         let exports = announcement["exports"].as_array().unwrap();
@@ -221,7 +338,11 @@ fn qemu_reads_an_exported_point_bit_exact_over_tcp_and_unix_sockets() {
                 .arg(&copy)
                 .output()
                 .unwrap();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             assert!(identical(source, &copy), "{uri} serves different content");
         }
         child.kill().unwrap();
@@ -235,13 +356,34 @@ fn an_export_reports_holes_and_refuses_writes() {
     let image = harness.copy_image("zeros-sparse.raw");
     let point = text(&harness.backup("vm", &[&image]), "point");
     let (mut child, announcement) = export(&harness, &point, "127.0.0.1:0");
-    let uri = announcement["exports"][0]["uri"].as_str().unwrap().to_string();
-    let map = Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &uri]).output().unwrap();
+    let uri = announcement["exports"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let map = Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", "raw", &uri])
+        .output()
+        .unwrap();
     let map: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
-    assert!(map.as_array().unwrap().iter().all(|e| e["data"] == false), "{map}");
-    let write = Command::new("qemu-io").args(["-f", "raw", "-c", "write 0 4k", &uri]).output().unwrap();
-    let message = format!("{}{}", String::from_utf8_lossy(&write.stdout), String::from_utf8_lossy(&write.stderr));
-    assert!(message.contains("Operation not permitted") || message.contains("read-only") || !write.status.success(), "{message}");
+    assert!(
+        map.as_array().unwrap().iter().all(|e| e["data"] == false),
+        "{map}"
+    );
+    let write = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 4k", &uri])
+        .output()
+        .unwrap();
+    let message = format!(
+        "{}{}",
+        String::from_utf8_lossy(&write.stdout),
+        String::from_utf8_lossy(&write.stderr)
+    );
+    assert!(
+        message.contains("Operation not permitted")
+            || message.contains("read-only")
+            || !write.status.success(),
+        "{message}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -261,11 +403,22 @@ fn an_export_answers_damaged_chunks_with_io_errors_not_wrong_bytes() {
     bytes[1000] ^= 1;
     std::fs::write(&pack, bytes).unwrap();
     let (mut child, announcement) = export(&harness, &point, "127.0.0.1:0");
-    let uri = announcement["exports"][0]["uri"].as_str().unwrap().to_string();
+    let uri = announcement["exports"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let copy = harness.path("copy.raw");
-    let output = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &uri]).arg(&copy).output().unwrap();
+    let output = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri])
+        .arg(&copy)
+        .output()
+        .unwrap();
     assert!(!output.status.success(), "reading a damaged chunk fails");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("Input/output error"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Input/output error"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -276,6 +429,12 @@ fn output_without_a_terminal_has_no_progress_bar() {
     let image = harness.copy_image("random.raw");
     let (code, stdout, stderr) = harness.run(&["backup", "--vm", "vm", image.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(stderr.is_empty(), "nothing on stderr when not a terminal: {stderr}");
-    assert!(stdout.contains("point ") && stdout.contains("read 16.0 MiB"), "{stdout}");
+    assert!(
+        stderr.is_empty(),
+        "nothing on stderr when not a terminal: {stderr}"
+    );
+    assert!(
+        stdout.contains("point ") && stdout.contains("read 16.0 MiB"),
+        "{stdout}"
+    );
 }

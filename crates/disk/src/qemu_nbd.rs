@@ -102,7 +102,8 @@ impl QemuNbd {
             }
             // The socket file appears at bind(), before qemu-nbd listens: only a successful
             // connection proves it is ready.
-            if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {

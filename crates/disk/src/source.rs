@@ -62,12 +62,14 @@ impl FileState {
 
 enum Reader {
     Raw(ReadLock),
-    Nbd {
-        client: Client,
-        /// Kept alive while the client uses it.
-        _server: QemuNbd,
-        bitmap_context: Option<String>,
-    },
+    Nbd(Box<NbdReader>),
+}
+
+struct NbdReader {
+    client: Client,
+    /// Kept alive while the client uses it.
+    _server: QemuNbd,
+    bitmap_context: Option<String>,
 }
 
 /// An image opened for reading, locked against writers until dropped.
@@ -121,11 +123,11 @@ impl SourceDisk {
                         ),
                     });
                 }
-                Reader::Nbd {
+                Reader::Nbd(Box::new(NbdReader {
                     client,
                     _server: server,
                     bitmap_context,
-                }
+                }))
             }
         };
         Ok(SourceDisk { info, reader })
@@ -140,7 +142,7 @@ impl SourceDisk {
     pub fn file_state(&self) -> Option<FileState> {
         match &self.reader {
             Reader::Raw(lock) => FileState::of(lock.file()).ok(),
-            Reader::Nbd { .. } => None,
+            Reader::Nbd(_) => None,
         }
     }
 
@@ -163,12 +165,15 @@ impl SourceDisk {
                         },
                     })
             }
-            Reader::Nbd { client, .. } => client.read(offset, buffer).map_err(|e| DiskError::Io {
-                path: path.clone(),
-                operation: "read",
-                offset,
-                detail: e.to_string(),
-            }),
+            Reader::Nbd(reader) => reader
+                .client
+                .read(offset, buffer)
+                .map_err(|e| DiskError::Io {
+                    path: path.clone(),
+                    operation: "read",
+                    offset,
+                    detail: e.to_string(),
+                }),
         }
     }
 
@@ -178,8 +183,8 @@ impl SourceDisk {
         let path = self.info.path.clone();
         match &mut self.reader {
             Reader::Raw(lock) => Ok(raw_data_ranges(lock.file(), size)),
-            Reader::Nbd { client, .. } => {
-                status_ranges(client, CONTEXT_BASE_ALLOCATION, size, |flags| {
+            Reader::Nbd(reader) => {
+                status_ranges(&mut reader.client, CONTEXT_BASE_ALLOCATION, size, |flags| {
                     flags & STATE_ZERO == 0
                 })
                 .map_err(|detail| DiskError::Io {
@@ -198,20 +203,18 @@ impl SourceDisk {
         let size = self.info.virtual_size_bytes;
         let path = self.info.path.clone();
         match &mut self.reader {
-            Reader::Nbd {
-                client,
-                bitmap_context: Some(context),
-                ..
-            } => {
-                let context = context.clone();
-                status_ranges(client, &context, size, |flags| flags & STATE_DIRTY != 0)
-                    .map(Some)
-                    .map_err(|detail| DiskError::Io {
-                        path,
-                        operation: "read the dirty bitmap of",
-                        offset: 0,
-                        detail,
-                    })
+            Reader::Nbd(reader) if reader.bitmap_context.is_some() => {
+                let context = reader.bitmap_context.clone().expect("checked above");
+                status_ranges(&mut reader.client, &context, size, |flags| {
+                    flags & STATE_DIRTY != 0
+                })
+                .map(Some)
+                .map_err(|detail| DiskError::Io {
+                    path,
+                    operation: "read the dirty bitmap of",
+                    offset: 0,
+                    detail,
+                })
             }
             _ => Ok(None),
         }
@@ -254,13 +257,10 @@ fn status_ranges(
 
 /// Appends `range`, merging it with the last one when they touch.
 pub fn push_merged(ranges: &mut Vec<Range>, range: Range) {
-    if let Some(last) = ranges.last_mut() {
-        if last.end() == range.offset {
-            last.length += range.length;
-            return;
-        }
+    match ranges.last_mut() {
+        Some(last) if last.end() == range.offset => last.length += range.length,
+        _ => ranges.push(range),
     }
-    ranges.push(range);
 }
 
 /// Data ranges of a raw file from `SEEK_DATA`/`SEEK_HOLE`; the whole file where the

@@ -19,7 +19,7 @@ use crate::qemu_nbd::{QemuNbd, ServeOptions};
 
 enum Writer {
     Raw(File),
-    Nbd { client: Client, server: QemuNbd },
+    Nbd(Box<(Client, QemuNbd)>),
 }
 
 /// A disk being restored.
@@ -111,7 +111,7 @@ impl TargetDisk {
                         ),
                     });
                 }
-                Writer::Nbd { client, server }
+                Writer::Nbd(Box::new((client, server)))
             }
         };
         Ok(TargetDisk {
@@ -146,7 +146,7 @@ impl TargetDisk {
                     }
                 }
             }),
-            Writer::Nbd { client, .. } => client.write(offset, data, false).map_err(|e| {
+            Writer::Nbd(nbd) => nbd.0.write(offset, data, false).map_err(|e| {
                 let detail = e.to_string();
                 if detail.contains("errno 28") {
                     DiskError::NoSpace {
@@ -185,7 +185,8 @@ impl TargetDisk {
                     io("flush", e.to_string())
                 }
             })?,
-            Writer::Nbd { mut client, server } => {
+            Writer::Nbd(nbd) => {
+                let (mut client, server) = *nbd;
                 client.flush().map_err(|e| io("flush", e.to_string()))?;
                 client.disconnect();
                 server.stop()?;

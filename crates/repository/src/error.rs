@@ -72,6 +72,12 @@ pub enum RepositoryError {
     #[error("chunk {chunk} is not in any pack of repository {location}")]
     MissingChunk { location: String, chunk: ChunkId },
 
+    #[error(
+        "every stored copy of chunk {chunk} in repository {location} is damaged (quarantined by 'lifeboat verify'); \
+         a backup of the same data stores a healthy copy"
+    )]
+    QuarantinedChunk { location: String, chunk: ChunkId },
+
     #[error("no recovery point '{point}' in repository {location}")]
     NoSuchPoint { location: String, point: String },
 

@@ -11,7 +11,10 @@ use serde_json::Value;
 pub fn images() -> PathBuf {
     let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-images");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-test-images.sh");
-    let status = Command::new(&script).arg(&directory).status().expect("run make-test-images.sh");
+    let status = Command::new(&script)
+        .arg(&directory)
+        .status()
+        .expect("run make-test-images.sh");
     assert!(status.success(), "make-test-images.sh failed");
     directory
 }
@@ -35,7 +38,11 @@ impl Harness {
     pub fn uninitialised() -> Harness {
         let directory = tempfile::tempdir().expect("tempdir");
         let repository = directory.path().join("repository");
-        Harness { directory, repository, password: "correct horse battery staple".to_string() }
+        Harness {
+            directory,
+            repository,
+            password: "correct horse battery staple".to_string(),
+        }
     }
 
     /// A path inside the scratch directory.
@@ -55,7 +62,11 @@ impl Harness {
 
     /// Runs lifeboat; returns (exit code, stdout, stderr).
     pub fn run(&self, arguments: &[&str]) -> (i32, String, String) {
-        let output = self.command().args(arguments).output().expect("run lifeboat");
+        let output = self
+            .command()
+            .args(arguments)
+            .output()
+            .expect("run lifeboat");
         (
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -66,7 +77,10 @@ impl Harness {
     /// Runs lifeboat and asserts success; returns stdout.
     pub fn ok(&self, arguments: &[&str]) -> String {
         let (code, stdout, stderr) = self.run(arguments);
-        assert_eq!(code, 0, "lifeboat {arguments:?} failed:\n{stderr}\n{stdout}");
+        assert_eq!(
+            code, 0,
+            "lifeboat {arguments:?} failed:\n{stderr}\n{stdout}"
+        );
         stdout
     }
 
@@ -122,7 +136,12 @@ impl Harness {
 
 /// Copies a file keeping holes.
 pub fn copy_sparse(from: &Path, to: &Path) {
-    let status = Command::new("cp").arg("--sparse=always").arg(from).arg(to).status().expect("cp");
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
     assert!(status.success());
 }
 
@@ -139,13 +158,23 @@ pub fn qemu_format(path: &Path) -> &'static str {
 /// `qemu-img compare`: true when the two images have identical content.
 pub fn identical(first: &Path, second: &Path) -> bool {
     let output = Command::new("qemu-img")
-        .args(["compare", "-f", qemu_format(first), "-F", qemu_format(second)])
+        .args([
+            "compare",
+            "-f",
+            qemu_format(first),
+            "-F",
+            qemu_format(second),
+        ])
         .arg(first)
         .arg(second)
         .output()
         .expect("qemu-img compare");
     if !output.status.success() {
-        eprintln!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     output.status.success()
 }
@@ -154,10 +183,14 @@ pub fn identical(first: &Path, second: &Path) -> bool {
 /// (deterministic for a seed), each with its own pattern byte.
 pub fn random_writes(image: &Path, count: usize, seed: u64) {
     let size = image_size(image);
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut commands = Vec::new();
     for _ in 0..count {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let offset = ((state >> 16) % (size / 4096)) * 4096;
         let pattern = (state >> 8) as u8 | 1;
         commands.push(format!("write -P {pattern} {offset} 4k"));
@@ -169,7 +202,11 @@ pub fn random_writes(image: &Path, count: usize, seed: u64) {
             command.args(["-c", line]);
         }
         let output = command.arg(image).output().expect("qemu-io");
-        assert!(output.status.success(), "qemu-io failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "qemu-io failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -186,10 +223,15 @@ pub fn image_size(image: &Path) -> u64 {
 
 /// The string value of a JSON field.
 pub fn text(value: &Value, field: &str) -> String {
-    value[field].as_str().unwrap_or_else(|| panic!("no string {field} in {value}")).to_string()
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {field} in {value}"))
+        .to_string()
 }
 
 /// The number value of a JSON field.
 pub fn number(value: &Value, field: &str) -> u64 {
-    value[field].as_u64().unwrap_or_else(|| panic!("no number {field} in {value}"))
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {field} in {value}"))
 }

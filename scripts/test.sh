@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs Lifeboat's whole test suite on a fresh machine: installs what the tests need,
+# checks formatting and lints, then runs every test. Run as root (the tests mount small
+# tmpfs filesystems to fill disks on purpose).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "the test suite runs as root (it mounts tmpfs filesystems to test full disks)" >&2
+    exit 1
+fi
+
+# Debian packages the tests drive: qemu-img/qemu-io/qemu-nbd, mkfs.ext4, mount.
+need=()
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v flock >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
