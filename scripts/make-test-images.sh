@@ -61,8 +61,7 @@ if [ "$profile" = "test" ]; then
     head -c 512 /dev/urandom >> odd-size.raw
 else
     # The benchmark's real filesystem: at least 2 GiB with real files.
-    collect_files work/files 1300 /usr/lib/x86_64-linux-gnu /usr/share/doc /usr/share/locale \
-        /usr/share/man /usr/lib/python3.11 /usr/share/perl /usr/lib/gcc /usr/libexec /usr/bin /usr/share
+    collect_files work/files 1300 /usr/lib /usr/share /usr/bin /usr/include
     mkfs.ext4 -q -F -L lifeboat-bench -d work/files bench-fs.raw 2G >/dev/null
     # The 8 GiB mixed image: that filesystem, incompressible data, repeated blocks, zeros
     # written out and a sparse tail.

@@ -30,10 +30,12 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use lifeboat_disk::{DiskError, FileState, Format, ImageInfo, SourceDisk, bitmap, inspect};
-use lifeboat_repository::chunk::{ChunkEncoder, DEFAULT_COMPRESSION_LEVEL};
+use lifeboat_repository::blob::{BlobEncoder, DEFAULT_COMPRESSION_LEVEL, MAXIMUM_GROUP_BYTES};
 use lifeboat_repository::lease::host_name;
 use lifeboat_repository::manifest::new_point_id;
-use lifeboat_repository::pack::{DEFAULT_PACK_TARGET_BYTES, FinishedPack, PackBuilder};
+use lifeboat_repository::pack::{
+    DEFAULT_PACK_TARGET_BYTES, FinishedPack, GroupMember, PackBuilder,
+};
 use lifeboat_repository::pack_index::PackRecord;
 use lifeboat_repository::{
     BackupStatistics, ChunkId, ChunkIndex, ChunkSet, Consistency, DiskEntry, DiskIndex, Manifest,
@@ -407,13 +409,25 @@ struct ReadBlock {
     data: Vec<u8>,
 }
 
-/// One chunk after hashing; `blob` is set when it is new and was sealed.
+/// One chunk after hashing.
 struct ChunkResult {
     disk: usize,
     chunk: usize,
     id: ChunkId,
     raw_bytes: u32,
-    blob: Option<Vec<u8>>,
+}
+
+/// Consecutive new chunks compressed and sealed together.
+struct SealedGroup {
+    sealed: Vec<u8>,
+    group_bytes: u32,
+    members: Vec<GroupMember>,
+}
+
+/// What a worker made of one read block.
+struct BlockResult {
+    chunks: Vec<ChunkResult>,
+    groups: Vec<SealedGroup>,
 }
 
 struct PipelineOutcome {
@@ -459,9 +473,9 @@ fn run_pipeline(
     let crypto = repository.crypto();
     let threads = options.threads.clamp(1, 16);
 
-    let (block_sender, block_receiver) = bounded::<ReadBlock>(threads * 2);
-    let (result_sender, result_receiver) = bounded::<Vec<ChunkResult>>(threads * 4);
-    let (pack_sender, pack_receiver) = bounded::<FinishedPack>(2);
+    let (block_sender, block_receiver) = bounded::<ReadBlock>(threads);
+    let (result_sender, result_receiver) = bounded::<BlockResult>(threads);
+    let (pack_sender, pack_receiver) = bounded::<FinishedPack>(1);
 
     std::thread::scope(|scope| -> Result<PipelineOutcome> {
         let abort = &abort;
@@ -565,36 +579,74 @@ fn hash_and_seal(
     level: i32,
     plans: &[DiskPlan],
     blocks: Receiver<ReadBlock>,
-    results: Sender<Vec<ChunkResult>>,
+    results: Sender<BlockResult>,
 ) {
-    let mut encoder = ChunkEncoder::new(level);
+    let mut encoder = BlobEncoder::new(level);
     for block in blocks {
         let plan = &plans[block.disk];
-        let mut batch = Vec::new();
+        let mut result = BlockResult {
+            chunks: Vec::new(),
+            groups: Vec::new(),
+        };
+        // The run of consecutive new chunks being gathered into one group: bytes
+        // `run_start..run_end` of the block.
+        let mut run_start = 0usize;
+        let mut run_end = 0usize;
+        let mut members: Vec<GroupMember> = Vec::new();
         let mut at = 0usize;
         let mut chunk = block.first_chunk;
-        while at < block.data.len() {
-            let length = plan.chunk_length(chunk) as usize;
-            let data = &block.data[at..at + length];
-            let (id, blob) = if is_zero(data) {
-                (ChunkId::ZERO, None)
+        while at <= block.data.len() {
+            let finished = at == block.data.len();
+            let (length, id, is_new) = if finished {
+                (0, ChunkId::ZERO, false)
             } else {
-                let id = crypto.chunk_id(data);
-                let is_new =
-                    !dedup.contains(&id) && claimed.lock().expect("not poisoned").insert(id);
-                (id, is_new.then(|| encoder.encode(crypto, &id, data)))
+                let length = plan.chunk_length(chunk) as usize;
+                let data = &block.data[at..at + length];
+                let id = if is_zero(data) {
+                    ChunkId::ZERO
+                } else {
+                    crypto.chunk_id(data)
+                };
+                let is_new = !id.is_zero()
+                    && !dedup.contains(&id)
+                    && claimed.lock().expect("not poisoned").insert(id);
+                (length, id, is_new)
             };
-            batch.push(ChunkResult {
+            // A chunk that is not new, the end of the block, or a full group seals the run.
+            if !members.is_empty()
+                && (!is_new || run_end - run_start + length > MAXIMUM_GROUP_BYTES)
+            {
+                let group = &block.data[run_start..run_end];
+                result.groups.push(SealedGroup {
+                    sealed: encoder.encode(crypto, group),
+                    group_bytes: group.len() as u32,
+                    members: std::mem::take(&mut members),
+                });
+            }
+            if finished {
+                break;
+            }
+            if is_new {
+                if members.is_empty() {
+                    run_start = at;
+                }
+                members.push(GroupMember {
+                    chunk: id,
+                    offset_in_group: (at - run_start) as u32,
+                    raw_bytes: length as u32,
+                });
+                run_end = at + length;
+            }
+            result.chunks.push(ChunkResult {
                 disk: block.disk,
                 chunk,
                 id,
                 raw_bytes: length as u32,
-                blob,
             });
             at += length;
             chunk += 1;
         }
-        if results.send(batch).is_err() {
+        if results.send(result).is_err() {
             return;
         }
     }
@@ -604,29 +656,27 @@ fn pack_results(
     crypto: &lifeboat_repository::Crypto,
     progress: &dyn Progress,
     indexes: &mut [DiskIndex],
-    results: Receiver<Vec<ChunkResult>>,
+    results: Receiver<BlockResult>,
     packs: Sender<FinishedPack>,
     abort: &AtomicBool,
 ) -> Result<(u64, u64)> {
-    let mut builder = PackBuilder::with_capacity(DEFAULT_PACK_TARGET_BYTES + 1024 * 1024);
+    let capacity = DEFAULT_PACK_TARGET_BYTES + MAXIMUM_GROUP_BYTES + 4096;
+    let mut builder = PackBuilder::with_capacity(capacity);
     let mut bytes_new = 0u64;
     let mut bytes_stored = 0u64;
     let writer_gone = || EngineError::Refused("the pack writer stopped".to_string());
-    for batch in results {
-        for result in batch {
-            indexes[result.disk].chunks[result.chunk] = result.id;
-            progress.advance(result.raw_bytes as u64);
-            if let Some(blob) = result.blob {
-                bytes_new += result.raw_bytes as u64;
-                bytes_stored += blob.len() as u64;
-                builder.add(result.id, &blob, result.raw_bytes);
-                if builder.len_bytes() >= DEFAULT_PACK_TARGET_BYTES {
-                    let full = std::mem::replace(
-                        &mut builder,
-                        PackBuilder::with_capacity(DEFAULT_PACK_TARGET_BYTES + 1024 * 1024),
-                    );
-                    packs.send(full.finish(crypto)).map_err(|_| writer_gone())?;
-                }
+    for result in results {
+        for chunk in &result.chunks {
+            indexes[chunk.disk].chunks[chunk.chunk] = chunk.id;
+            progress.advance(chunk.raw_bytes as u64);
+        }
+        for group in result.groups {
+            bytes_new += group.group_bytes as u64;
+            bytes_stored += group.sealed.len() as u64;
+            builder.add(&group.sealed, group.group_bytes, &group.members);
+            if builder.len_bytes() >= DEFAULT_PACK_TARGET_BYTES {
+                let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(capacity));
+                packs.send(full.finish(crypto)).map_err(|_| writer_gone())?;
             }
         }
         if abort.load(Ordering::Relaxed) {

@@ -10,13 +10,47 @@ use std::sync::{Arc, Mutex};
 
 use lifeboat_nbd::protocol::{STATE_HOLE, STATE_ZERO};
 use lifeboat_nbd::{Export, ExportError, Server};
-use lifeboat_repository::{ChunkDecoder, ChunkId, ChunkIndex, DiskIndex, Manifest, Repository};
+use lifeboat_repository::blob::chunk_from_group;
+use lifeboat_repository::{
+    BlobDecoder, ChunkId, ChunkIndex, DiskIndex, Manifest, ObjectKind, Repository, RepositoryError,
+};
 
 use crate::error::Result;
 
 /// Recently read chunks kept decoded, per disk (sequential readers ask for the same chunk
 /// many times in small pieces).
 const CACHED_CHUNKS: usize = 64;
+/// Recently opened groups, so reading the chunks of one group opens it once.
+const CACHED_GROUPS: usize = 4;
+
+/// A small most-recently-used cache.
+struct Recent<K, V> {
+    entries: Vec<(K, Arc<V>)>,
+    capacity: usize,
+}
+
+impl<K: PartialEq, V> Recent<K, V> {
+    fn new(capacity: usize) -> Recent<K, V> {
+        Recent {
+            entries: Vec::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| Arc::clone(v))
+    }
+
+    fn put(&mut self, key: K, value: Arc<V>) {
+        if self.entries.len() >= self.capacity {
+            self.entries.remove(0);
+        }
+        self.entries.push((key, value));
+    }
+}
 
 /// One disk of a point, servable over NBD.
 pub struct PointDisk {
@@ -24,8 +58,9 @@ pub struct PointDisk {
     index: Arc<ChunkIndex>,
     disk: DiskIndex,
     description: String,
-    cache: Mutex<Vec<(ChunkId, Arc<Vec<u8>>)>>,
-    decoders: Mutex<Vec<ChunkDecoder>>,
+    chunks: Mutex<Recent<ChunkId, Vec<u8>>>,
+    groups: Mutex<Recent<(u32, u32), Vec<u8>>>,
+    decoders: Mutex<Vec<BlobDecoder>>,
 }
 
 impl PointDisk {
@@ -34,14 +69,8 @@ impl PointDisk {
         if id.is_zero() {
             return Ok(None);
         }
-        if let Some((_, data)) = self
-            .cache
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|(c, _)| *c == id)
-        {
-            return Ok(Some(Arc::clone(data)));
+        if let Some(data) = self.chunks.lock().expect("not poisoned").get(&id) {
+            return Ok(Some(data));
         }
         let mut decoder = self
             .decoders
@@ -49,7 +78,7 @@ impl PointDisk {
             .expect("not poisoned")
             .pop()
             .unwrap_or_default();
-        let result = self.repository.read_chunk(&self.index, &id, &mut decoder);
+        let result = self.read(&id, &mut decoder);
         self.decoders.lock().expect("not poisoned").push(decoder);
         let data = Arc::new(result.map_err(|error| {
             let message = format!(
@@ -60,12 +89,50 @@ impl PointDisk {
             tracing::error!("{message}");
             ExportError::io(message)
         })?);
-        let mut cache = self.cache.lock().expect("not poisoned");
-        if cache.len() >= CACHED_CHUNKS {
-            cache.remove(0);
-        }
-        cache.push((id, Arc::clone(&data)));
+        self.chunks
+            .lock()
+            .expect("not poisoned")
+            .put(id, Arc::clone(&data));
         Ok(Some(data))
+    }
+
+    /// Reads a chunk through the group cache; on any failure, every stored copy in turn.
+    fn read(&self, id: &ChunkId, decoder: &mut BlobDecoder) -> Result<Vec<u8>, RepositoryError> {
+        let crypto = self.repository.crypto();
+        if let Some(location) = self.index.locate(id) {
+            let key = (location.pack, location.blob_offset);
+            let cached = self.groups.lock().expect("not poisoned").get(&key);
+            let group = cached.or_else(|| {
+                let sealed = self
+                    .repository
+                    .storage()
+                    .read_range(
+                        ObjectKind::Pack,
+                        self.index.pack_name(location.pack),
+                        location.blob_offset as u64,
+                        location.blob_bytes as u64,
+                    )
+                    .ok()?;
+                let group = Arc::new(decoder.decode(crypto, sealed, location.group_bytes).ok()?);
+                self.groups
+                    .lock()
+                    .expect("not poisoned")
+                    .put(key, Arc::clone(&group));
+                Some(group)
+            });
+            if let Some(group) = group {
+                if let Ok(data) = chunk_from_group(
+                    crypto,
+                    id,
+                    &group,
+                    location.offset_in_group,
+                    location.raw_bytes,
+                ) {
+                    return Ok(data.to_vec());
+                }
+            }
+        }
+        self.repository.read_chunk(&self.index, id, decoder)
     }
 }
 
@@ -135,7 +202,8 @@ pub fn point_server(repository: Arc<Repository>, manifest: &Manifest) -> Result<
                 index: Arc::clone(&index),
                 disk,
                 description: format!("point {} disk '{}'", manifest.point, entry.name),
-                cache: Mutex::new(Vec::new()),
+                chunks: Mutex::new(Recent::new(CACHED_CHUNKS)),
+                groups: Mutex::new(Recent::new(CACHED_GROUPS)),
                 decoders: Mutex::new(Vec::new()),
             }),
         );

@@ -20,10 +20,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
+use lifeboat_repository::blob::chunk_from_group;
 use lifeboat_repository::lease::{host_name, list_records};
 use lifeboat_repository::pack::{DEFAULT_PACK_TARGET_BYTES, PackBuilder};
+use lifeboat_repository::pack::{GroupMember, read_header};
 use lifeboat_repository::pack_index::PackRecord;
-use lifeboat_repository::{ChunkDecoder, ChunkSet, ObjectKind, Repository};
+use lifeboat_repository::{BlobDecoder, ChunkSet, ObjectKind, Repository};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
@@ -233,18 +235,26 @@ fn queue_candidates(repository: &Repository, report: &mut PruneReport) -> Result
         .into_iter()
         .map(|o| o.name)
         .collect();
-    let mut usage: HashMap<u32, PackUsage> = HashMap::new();
+    // A blob is live when any chunk in it is needed; usage is counted in blob bytes.
+    let mut blobs: HashMap<(u32, u32), (u32, bool)> = HashMap::new();
     for (chunk, location) in index.iter_all() {
-        let name = index.pack_name(location.pack);
-        let entry = usage.entry(location.pack).or_insert_with(|| PackUsage {
+        let blob = blobs
+            .entry((location.pack, location.blob_offset))
+            .or_insert((location.blob_bytes, false));
+        blob.1 |= needed.contains(&chunk);
+    }
+    let mut usage: HashMap<u32, PackUsage> = HashMap::new();
+    for ((pack, _), (bytes, live)) in blobs {
+        let name = index.pack_name(pack);
+        let entry = usage.entry(pack).or_insert_with(|| PackUsage {
             pack: name.to_string(),
             total_bytes: 0,
             live_bytes: 0,
             has_quarantined: quarantined.contains(name),
         });
-        entry.total_bytes += location.sealed_bytes as u64;
-        if needed.contains(&chunk) {
-            entry.live_bytes += location.sealed_bytes as u64;
+        entry.total_bytes += bytes as u64;
+        if live {
+            entry.live_bytes += bytes as u64;
         }
     }
     // Packs named by an index but holding no blob at all count as unneeded too.
@@ -270,7 +280,7 @@ fn queue_candidates(repository: &Repository, report: &mut PruneReport) -> Result
 
     let mut queue = plan.unreferenced;
     if !plan.repack.is_empty() {
-        let repacked = repack(repository, &index, &needed, &plan.repack, report)?;
+        let repacked = repack(repository, &needed, &plan.repack, report)?;
         queue.extend(repacked);
     }
     if !queue.is_empty() {
@@ -279,62 +289,67 @@ fn queue_candidates(repository: &Repository, report: &mut PruneReport) -> Result
     Ok(())
 }
 
-/// Copies the needed blobs of `packs` into new packs, checking each; returns the packs
-/// whose blobs were all copied (those can be queued). A pack with a blob that fails its
-/// check is left alone for verify to report.
+/// Copies the live blobs of `packs` (those holding a needed chunk) into new packs,
+/// checking every chunk of each; returns the packs whose live blobs were all copied (those
+/// can be queued). A pack with anything that fails its check is left alone for verify to
+/// report.
 fn repack(
     repository: &Repository,
-    index: &lifeboat_repository::ChunkIndex,
     needed: &ChunkSet,
     packs: &[String],
     report: &mut PruneReport,
 ) -> Result<Vec<String>> {
     let crypto = repository.crypto();
-    let mut decoder = ChunkDecoder::new();
+    let mut decoder = BlobDecoder::new();
     let mut copied_from = Vec::new();
     let mut builder = PackBuilder::with_capacity(DEFAULT_PACK_TARGET_BYTES);
     let mut written: Vec<PackRecord> = Vec::new();
-    let mut copied_chunks = ChunkSet::default();
-    let wanted: HashSet<&str> = packs.iter().map(String::as_str).collect();
-    let mut blobs_by_pack: HashMap<&str, Vec<_>> = HashMap::new();
-    for (chunk, location) in index.iter_all() {
-        let name = index.pack_name(location.pack);
-        if wanted.contains(name) && needed.contains(&chunk) {
-            blobs_by_pack
-                .entry(name)
-                .or_default()
-                .push((chunk, location));
-        }
-    }
     for pack in packs {
         let bytes = repository.storage().read(ObjectKind::Pack, pack)?;
-        let blobs = blobs_by_pack.remove(pack.as_str()).unwrap_or_default();
-        let mut checked = Vec::new();
+        let Ok(mut entries) = read_header(crypto, &bytes) else {
+            tracing::warn!(%pack, "not repacking a pack whose header is damaged; run 'lifeboat verify --read-data'");
+            continue;
+        };
+        entries.sort_by_key(|e| (e.blob_offset, e.offset_in_group));
+        // The live blobs, each with all its members, checked before anything is copied.
+        let mut live = Vec::new();
         let mut healthy = true;
-        for (chunk, location) in blobs {
-            let start = location.offset as usize;
-            let Some(sealed) = bytes.get(start..start + location.sealed_bytes as usize) else {
-                healthy = false;
-                break;
-            };
-            if decoder
-                .decode(crypto, &chunk, sealed.to_vec(), location.raw_bytes)
-                .is_err()
-            {
+        for blob in entries.chunk_by(|a, b| a.blob_offset == b.blob_offset) {
+            if !blob.iter().any(|e| needed.contains(&e.chunk)) {
+                continue;
+            }
+            let first = blob[0];
+            let start = first.blob_offset as usize;
+            let sealed = &bytes[start..start + first.blob_bytes as usize];
+            let checked = decoder
+                .decode(crypto, sealed.to_vec(), first.group_bytes)
+                .is_ok_and(|group| {
+                    blob.iter().all(|e| {
+                        chunk_from_group(crypto, &e.chunk, &group, e.offset_in_group, e.raw_bytes)
+                            .is_ok()
+                    })
+                });
+            if !checked {
                 healthy = false;
                 break;
             }
-            checked.push((chunk, sealed, location.raw_bytes));
+            let members: Vec<GroupMember> = blob
+                .iter()
+                .map(|e| GroupMember {
+                    chunk: e.chunk,
+                    offset_in_group: e.offset_in_group,
+                    raw_bytes: e.raw_bytes,
+                })
+                .collect();
+            live.push((sealed, first.group_bytes, members));
         }
         if !healthy {
             tracing::warn!(%pack, "not repacking a pack with a damaged blob; run 'lifeboat verify --read-data'");
             continue;
         }
-        for (chunk, sealed, raw_bytes) in checked {
-            if copied_chunks.insert(chunk) {
-                builder.add(chunk, sealed, raw_bytes);
-                report.bytes_repacked += sealed.len() as u64;
-            }
+        for (sealed, group_bytes, members) in live {
+            builder.add(sealed, group_bytes, &members);
+            report.bytes_repacked += sealed.len() as u64;
             if builder.len_bytes() >= DEFAULT_PACK_TARGET_BYTES {
                 let full = std::mem::replace(
                     &mut builder,

@@ -22,8 +22,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use lifeboat_disk::{Format, TargetDisk, restored_file_name};
+use lifeboat_repository::blob::chunk_from_group;
 use lifeboat_repository::{
-    ChunkDecoder, ChunkId, ChunkIndex, ChunkLocation, DiskIndex, Manifest, ObjectKind, Repository,
+    BlobDecoder, ChunkId, ChunkIndex, ChunkLocation, DiskIndex, Manifest, ObjectKind, Repository,
     RepositoryError,
 };
 use serde::Serialize;
@@ -293,20 +294,26 @@ fn read_runs(
     let mut position = 0;
     while position < wanted.len() && !abort.load(Ordering::Relaxed) {
         let first = wanted[position];
-        let start = first.location.offset as u64;
-        let mut end = start + first.location.sealed_bytes as u64;
+        let start = first.location.blob_offset as u64;
+        let mut last_blob = first.location.blob_offset;
+        let mut end = start + first.location.blob_bytes as u64;
         let mut chunks = vec![first];
         position += 1;
+        // Take following chunks from the same blob, or from the blob right after it.
         while position < wanted.len() {
-            let next = wanted[position];
-            if next.location.pack != first.location.pack
-                || next.location.offset as u64 != end
-                || end - start >= READ_RUN_BYTES
-            {
+            let next = wanted[position].location;
+            let same_blob = next.pack == first.location.pack && next.blob_offset == last_blob;
+            let adjacent = next.pack == first.location.pack
+                && next.blob_offset as u64 == end
+                && end - start < READ_RUN_BYTES;
+            if !same_blob && !adjacent {
                 break;
             }
-            end += next.location.sealed_bytes as u64;
-            chunks.push(next);
+            if adjacent {
+                last_blob = next.blob_offset;
+                end += next.blob_bytes as u64;
+            }
+            chunks.push(wanted[position]);
             position += 1;
         }
         let bytes = repository
@@ -340,24 +347,39 @@ fn decode_runs(
     damaged: &(dyn Fn(usize, RepositoryError) -> EngineError + Sync),
     abort: &AtomicBool,
 ) {
-    let mut decoder = ChunkDecoder::new();
+    let mut decoder = BlobDecoder::new();
     let crypto = repository.crypto();
     for run in runs {
+        // The last opened group of this run, by blob offset.
+        let mut opened: Option<(u32, Vec<u8>)> = None;
         for wanted in &run.chunks {
             if abort.load(Ordering::Relaxed) {
                 return;
             }
             debug_assert_eq!(wanted.location.pack, run.pack);
-            let decoded = match &run.bytes {
-                Ok(bytes) => {
-                    let at = (wanted.location.offset as u64 - run.start) as usize;
-                    let sealed = bytes[at..at + wanted.location.sealed_bytes as usize].to_vec();
-                    decoder
-                        .decode(crypto, &wanted.id, sealed, wanted.location.raw_bytes)
-                        .ok()
-                }
-                Err(_) => None,
-            };
+            let location = wanted.location;
+            if opened
+                .as_ref()
+                .is_none_or(|(offset, _)| *offset != location.blob_offset)
+            {
+                opened = run.bytes.as_ref().ok().and_then(|bytes| {
+                    let at = (location.blob_offset as u64 - run.start) as usize;
+                    let sealed = bytes[at..at + location.blob_bytes as usize].to_vec();
+                    let group = decoder.decode(crypto, sealed, location.group_bytes).ok()?;
+                    Some((location.blob_offset, group))
+                });
+            }
+            let decoded = opened.as_ref().and_then(|(_, group)| {
+                chunk_from_group(
+                    crypto,
+                    &wanted.id,
+                    group,
+                    location.offset_in_group,
+                    location.raw_bytes,
+                )
+                .ok()
+                .map(<[u8]>::to_vec)
+            });
             // On any failure, read the chunk the careful way: every stored copy in turn,
             // and an error naming the chunk and pack if none is good.
             let result = match decoded {

@@ -61,24 +61,18 @@ fn year(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
     (t.year(), 0, 0, 0)
 }
 
-/// Decides for each point (any order) whether `policy` keeps it; newest first.
+/// Decides for each point (any order) whether `policy` keeps it; newest first. A point
+/// whose time cannot be read is kept and counts toward no rule: a rule cannot judge it.
 pub fn apply(policy: &RetentionPolicy, points: &[Dated]) -> Vec<Decision> {
-    let mut dated: Vec<(Option<DateTime<Utc>>, &Dated)> = points
-        .iter()
-        .map(|p| {
-            (
-                DateTime::parse_from_rfc3339(&p.time)
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc)),
-                p,
-            )
-        })
-        .collect();
-    dated.sort_by(|a, b| {
-        b.1.time
-            .cmp(&a.1.time)
-            .then_with(|| b.1.point.cmp(&a.1.point))
-    });
+    let mut dated: Vec<(DateTime<Utc>, &Dated)> = Vec::new();
+    let mut undated: Vec<&Dated> = Vec::new();
+    for point in points {
+        match DateTime::parse_from_rfc3339(&point.time) {
+            Ok(time) => dated.push((time.with_timezone(&Utc), point)),
+            Err(_) => undated.push(point),
+        }
+    }
+    dated.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.point.cmp(&a.1.point)));
     let mut decisions: Vec<Decision> = dated
         .iter()
         .map(|(_, p)| Decision {
@@ -104,7 +98,6 @@ pub fn apply(policy: &RetentionPolicy, points: &[Dated]) -> Vec<Decision> {
             if kept >= count {
                 break;
             }
-            let Some(time) = time else { continue };
             let period = key(time);
             if last_period != Some(period) {
                 decision.reasons.push(name);
@@ -113,12 +106,11 @@ pub fn apply(policy: &RetentionPolicy, points: &[Dated]) -> Vec<Decision> {
             }
         }
     }
-    // A point whose time cannot be read is never removed by a rule it cannot be judged by.
-    for ((time, _), decision) in dated.iter().zip(decisions.iter_mut()) {
-        if time.is_none() && decision.reasons.is_empty() {
-            decision.reasons.push("unreadable-time");
-        }
-    }
+    decisions.extend(undated.into_iter().map(|p| Decision {
+        point: p.point.clone(),
+        time: p.time.clone(),
+        reasons: vec!["unreadable-time"],
+    }));
     decisions
 }
 

@@ -15,10 +15,11 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
+use lifeboat_repository::blob::chunk_from_group;
 use lifeboat_repository::pack::read_header;
 use lifeboat_repository::quarantine::QuarantineRecord;
 use lifeboat_repository::{
-    ChunkDecoder, ChunkId, ChunkLocation, ChunkMap, ObjectKind, Repository, RepositoryError,
+    BlobDecoder, ChunkId, ChunkLocation, ChunkMap, ObjectKind, Repository, RepositoryError,
 };
 use serde::Serialize;
 
@@ -170,19 +171,22 @@ pub fn verify(
             continue;
         }
         let pack = index.pack_name(location.pack);
-        let end = location.offset as u64 + location.sealed_bytes as u64;
+        let end = location.blob_offset as u64 + location.blob_bytes as u64;
         match pack_sizes.get(pack) {
             None => {
                 failed.insert(
                     (chunk, location.pack),
-                    (location.offset as u64, format!("pack {pack} is missing")),
+                    (
+                        location.blob_offset as u64,
+                        format!("pack {pack} is missing"),
+                    ),
                 );
             }
             Some(&size) if size < end => {
                 failed.insert(
                     (chunk, location.pack),
                     (
-                        location.offset as u64,
+                        location.blob_offset as u64,
                         format!("pack {pack} is {size} bytes, too short for this copy"),
                     ),
                 );
@@ -275,7 +279,7 @@ pub fn verify(
                 kind: "damaged-chunk",
                 object: chunk.to_hex(),
                 pack: Some(index.pack_name(locations[0].pack).to_string()),
-                offset: Some(locations[0].offset as u64),
+                offset: Some(locations[0].blob_offset as u64),
                 detail: "every stored copy is quarantined as damaged".to_string(),
                 points: affected(&points, users),
             });
@@ -328,6 +332,9 @@ fn read_and_check_packs(
                 .push((chunk, location));
         }
     }
+    for copies in by_pack.values_mut() {
+        copies.sort_by_key(|(_, location)| (location.blob_offset, location.offset_in_group));
+    }
     let total: u64 = by_pack
         .keys()
         .map(|p| pack_sizes[index.pack_name(*p)])
@@ -346,7 +353,7 @@ fn read_and_check_packs(
             let receiver = receiver.clone();
             let failures = &failures;
             scope.spawn(move || {
-                let mut decoder = ChunkDecoder::new();
+                let mut decoder = BlobDecoder::new();
                 for (pack, copies, bytes) in receiver {
                     let name = index.pack_name(pack);
                     let mut found = Vec::new();
@@ -355,25 +362,47 @@ fn read_and_check_packs(
                             for (chunk, location) in &copies {
                                 found.push((
                                     (*chunk, pack),
-                                    (location.offset as u64, reason.clone()),
+                                    (location.blob_offset as u64, reason.clone()),
                                 ));
                             }
                         }
                         Ok(bytes) => {
                             let hash_matches = blake3::hash(&bytes).to_hex().as_str() == name;
                             let header_problem = read_header(crypto, &bytes).err();
+                            // Each blob is opened once; every chunk taken from it is checked.
+                            let mut opened: Option<(u32, std::result::Result<Vec<u8>, String>)> =
+                                None;
                             for (chunk, location) in &copies {
-                                let start = location.offset as usize;
-                                let end = start + location.sealed_bytes as usize;
-                                let result = match bytes.get(start..end) {
-                                    None => {
-                                        Err("the copy lies past the end of its pack".to_string())
-                                    }
-                                    Some(sealed) => decoder
-                                        .decode(crypto, chunk, sealed.to_vec(), location.raw_bytes)
+                                if opened
+                                    .as_ref()
+                                    .is_none_or(|(offset, _)| *offset != location.blob_offset)
+                                {
+                                    let start = location.blob_offset as usize;
+                                    let end = start + location.blob_bytes as usize;
+                                    let group = match bytes.get(start..end) {
+                                        None => {
+                                            Err("the copy lies past the end of its pack"
+                                                .to_string())
+                                        }
+                                        Some(sealed) => decoder
+                                            .decode(crypto, sealed.to_vec(), location.group_bytes)
+                                            .map_err(|e| e.to_string()),
+                                    };
+                                    opened = Some((location.blob_offset, group));
+                                }
+                                let group = &opened.as_ref().expect("opened above").1;
+                                let result =
+                                    group.as_ref().map_err(Clone::clone).and_then(|group| {
+                                        chunk_from_group(
+                                            crypto,
+                                            chunk,
+                                            group,
+                                            location.offset_in_group,
+                                            location.raw_bytes,
+                                        )
                                         .map(|_| ())
-                                        .map_err(|e| e.to_string()),
-                                };
+                                        .map_err(|e| e.to_string())
+                                    });
                                 if let Err(reason) = result {
                                     let mut reason = reason;
                                     if !hash_matches {
@@ -384,7 +413,10 @@ fn read_and_check_packs(
                                     if let Some(problem) = &header_problem {
                                         reason.push_str(&format!("; pack header: {problem}"));
                                     }
-                                    found.push(((*chunk, pack), (location.offset as u64, reason)));
+                                    found.push((
+                                        (*chunk, pack),
+                                        (location.blob_offset as u64, reason),
+                                    ));
                                 }
                             }
                         }

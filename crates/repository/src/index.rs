@@ -41,10 +41,14 @@ pub struct ChunkLocation {
     /// Number of the pack in [`ChunkIndex::pack_name`].
     pub pack: u32,
     /// Offset of the sealed blob in the pack.
-    pub offset: u32,
+    pub blob_offset: u32,
     /// Length of the sealed blob.
-    pub sealed_bytes: u32,
-    /// Length of the plaintext chunk.
+    pub blob_bytes: u32,
+    /// Length of the blob's opened group.
+    pub group_bytes: u32,
+    /// Where the chunk starts inside the group.
+    pub offset_in_group: u32,
+    /// Length of the chunk.
     pub raw_bytes: u32,
 }
 
@@ -83,8 +87,10 @@ impl ChunkIndex {
     pub fn insert(&mut self, pack: &str, entry: &PackEntry) {
         let location = ChunkLocation {
             pack: self.pack_number(pack),
-            offset: entry.offset,
-            sealed_bytes: entry.sealed_bytes,
+            blob_offset: entry.blob_offset,
+            blob_bytes: entry.blob_bytes,
+            group_bytes: entry.group_bytes,
+            offset_in_group: entry.offset_in_group,
             raw_bytes: entry.raw_bytes,
         };
         match self.primary.get(&entry.chunk) {
@@ -185,8 +191,10 @@ mod tests {
     fn entry(byte: u8, offset: u32) -> PackEntry {
         PackEntry {
             chunk: ChunkId([byte; 32]),
-            offset,
-            sealed_bytes: 10,
+            blob_offset: offset,
+            blob_bytes: 10,
+            group_bytes: 20,
+            offset_in_group: 0,
             raw_bytes: 20,
         }
     }
@@ -202,7 +210,7 @@ mod tests {
         index.remove_where(|_, pack| pack == "pack-a");
         let location = index.locate(&ChunkId([1; 32])).unwrap();
         assert_eq!(index.pack_name(location.pack), "pack-b");
-        assert_eq!(location.offset, 40);
+        assert_eq!(location.blob_offset, 40);
         index.remove_where(|_, pack| pack == "pack-b");
         assert!(index.is_empty());
     }

@@ -9,7 +9,7 @@
 //! |-----------------|-----------------------------------------------------------------|
 //! | `config.rs`     | the plaintext `config` object                                   |
 //! | `key_file.rs`   | `keys/<id>`: master keys wrapped by a password                  |
-//! | `chunk.rs`      | how one chunk is compressed and sealed into a blob              |
+//! | `blob.rs`       | how groups of chunks are compressed and sealed into blobs       |
 //! | `pack.rs`       | `packs/<xx>/<id>`: many blobs with a self-describing header     |
 //! | `pack_index.rs` | `pack-indexes/<id>`: which chunk is where                       |
 //! | `disk_index.rs` | `disk-indexes/<id>`: one disk of one point as chunk ids        |
@@ -42,7 +42,7 @@
 //! Nothing about VMs beyond a name, disk image formats, QEMU, NBD, HTTP, or async runtimes.
 //! It stores bytes and points; the backup crate decides what goes in.
 
-pub mod chunk;
+pub mod blob;
 pub mod config;
 pub mod crypto;
 pub mod disk_index;
@@ -59,7 +59,7 @@ pub mod quarantine;
 pub mod repository;
 pub mod storage;
 
-pub use chunk::{ChunkDecoder, ChunkEncoder};
+pub use blob::{BlobDecoder, BlobEncoder};
 pub use config::{Encryption, RepositoryConfig};
 pub use crypto::{ChunkId, Crypto};
 pub use disk_index::DiskIndex;

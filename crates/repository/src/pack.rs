@@ -3,21 +3,26 @@
 //! ```text
 //! pack    := blob* ‖ header ‖ header_length (u32 LE) ‖ magic "LBPACK01"
 //! header  := seal("lifeboat-pack-header", entry_count (u32 LE) ‖ entry*)
-//! entry   := chunk id (32) ‖ offset (u32 LE) ‖ sealed length (u32 LE) ‖ raw length (u32 LE)
+//! entry   := chunk id (32) ‖ blob offset (u32 LE) ‖ blob length (u32 LE)
+//!            ‖ group length (u32 LE) ‖ offset in group (u32 LE) ‖ chunk length (u32 LE)
 //! pack id := hex(BLAKE3(whole pack))
 //! ```
+//!
+//! There is one entry per chunk; the chunks of one blob (see `blob.rs`) share its offset
+//! and length.
 //!
 //! Packs keep object stores from drowning in small objects and make a directory listing of
 //! a large repository cheap. The header at the end makes every pack self-describing, so
 //! the pack indexes can be rebuilt from the packs alone. The pack id is the hash of its
 //! bytes, so a copy can be checked without any key.
 
+use crate::blob::MAXIMUM_GROUP_BYTES;
 use crate::crypto::{ChunkId, Crypto};
 
 /// Magic at the very end of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"LBPACK01";
 /// Bytes of one header entry.
-pub const ENTRY_BYTES: usize = 32 + 4 + 4 + 4;
+pub const ENTRY_BYTES: usize = 32 + 5 * 4;
 /// Bytes of the trailer (header length and magic).
 pub const TRAILER_BYTES: usize = 4 + 8;
 /// Packs are closed once they reach this size. Tens of MiB suit object storage; a local
@@ -28,31 +33,41 @@ pub const MAXIMUM_PACK_BYTES: usize = 1 << 30;
 /// Associated data of pack headers.
 const HEADER_CONTEXT: &[u8] = b"lifeboat-pack-header";
 
-const _: () = assert!(ENTRY_BYTES == 44);
+const _: () = assert!(ENTRY_BYTES == 52);
 
-/// Where one blob sits inside its pack.
+/// Where one chunk sits: in which blob of the pack, and where inside that blob's group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackEntry {
-    /// The chunk this blob holds.
+    /// The chunk.
     pub chunk: ChunkId,
     /// Byte offset of the sealed blob from the start of the pack.
-    pub offset: u32,
+    pub blob_offset: u32,
     /// Length of the sealed blob.
-    pub sealed_bytes: u32,
-    /// Length of the chunk's plaintext.
+    pub blob_bytes: u32,
+    /// Length of the blob's opened group.
+    pub group_bytes: u32,
+    /// Where the chunk starts inside the group.
+    pub offset_in_group: u32,
+    /// Length of the chunk.
     pub raw_bytes: u32,
 }
 
 impl PackEntry {
-    /// Appends the 44-byte encoding.
+    /// Appends the 52-byte encoding.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.chunk.0);
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.sealed_bytes.to_le_bytes());
-        out.extend_from_slice(&self.raw_bytes.to_le_bytes());
+        for word in [
+            self.blob_offset,
+            self.blob_bytes,
+            self.group_bytes,
+            self.offset_in_group,
+            self.raw_bytes,
+        ] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
     }
 
-    /// Reads one entry from exactly 44 bytes.
+    /// Reads one entry from exactly 52 bytes.
     pub fn decode(bytes: &[u8]) -> PackEntry {
         assert_eq!(bytes.len(), ENTRY_BYTES);
         let mut chunk = [0u8; 32];
@@ -60,11 +75,29 @@ impl PackEntry {
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         PackEntry {
             chunk: ChunkId(chunk),
-            offset: word(32),
-            sealed_bytes: word(36),
-            raw_bytes: word(40),
+            blob_offset: word(32),
+            blob_bytes: word(36),
+            group_bytes: word(40),
+            offset_in_group: word(44),
+            raw_bytes: word(48),
         }
     }
+
+    /// True when the entry is self-consistent: the chunk lies inside its group and the
+    /// group is no larger than any blob may hold.
+    pub fn is_well_formed(&self) -> bool {
+        self.group_bytes as usize <= MAXIMUM_GROUP_BYTES
+            && self.raw_bytes > 0
+            && self.offset_in_group as u64 + self.raw_bytes as u64 <= self.group_bytes as u64
+    }
+}
+
+/// A chunk placed in a group: its id, where it starts in the group, its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    pub chunk: ChunkId,
+    pub offset_in_group: u32,
+    pub raw_bytes: u32,
 }
 
 /// A pack being filled with blobs.
@@ -104,16 +137,21 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// Appends a sealed blob.
-    pub fn add(&mut self, chunk: ChunkId, sealed: &[u8], raw_bytes: u32) {
-        let offset = u32::try_from(self.bytes.len()).expect("packs stay below 4 GiB");
+    /// Appends a sealed blob holding a group of `group_bytes` made of `members`.
+    pub fn add(&mut self, sealed: &[u8], group_bytes: u32, members: &[GroupMember]) {
+        let blob_offset = u32::try_from(self.bytes.len()).expect("packs stay below 4 GiB");
+        let blob_bytes = u32::try_from(sealed.len()).expect("blobs stay below 4 GiB");
         self.bytes.extend_from_slice(sealed);
-        self.entries.push(PackEntry {
-            chunk,
-            offset,
-            sealed_bytes: u32::try_from(sealed.len()).expect("blobs stay below 4 GiB"),
-            raw_bytes,
-        });
+        for member in members {
+            self.entries.push(PackEntry {
+                chunk: member.chunk,
+                blob_offset,
+                blob_bytes,
+                group_bytes,
+                offset_in_group: member.offset_in_group,
+                raw_bytes: member.raw_bytes,
+            });
+        }
     }
 
     /// Closes the pack: appends the sealed header and the trailer and names it.
@@ -156,7 +194,7 @@ pub fn read_header(crypto: &Crypto, pack: &[u8]) -> Result<Vec<PackEntry>, Strin
         .map_err(|e| format!("pack header: {e}"))?;
     let entries = decode_entries(&header)?;
     for entry in &entries {
-        let end = entry.offset as usize + entry.sealed_bytes as usize;
+        let end = entry.blob_offset as usize + entry.blob_bytes as usize;
         if end > blobs_end {
             return Err(format!(
                 "entry for chunk {} ends at {end}, past the blobs",
@@ -189,32 +227,52 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<PackEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk::{ChunkDecoder, ChunkEncoder};
+    use crate::blob::{BlobDecoder, BlobEncoder, chunk_from_group};
     use crate::crypto::MasterKeys;
 
     #[test]
-    fn a_pack_describes_its_blobs() {
+    fn a_pack_describes_its_groups_and_chunks() {
         let crypto = Crypto::encrypted(&MasterKeys::generate());
-        let mut encoder = ChunkEncoder::new(1);
+        let mut encoder = BlobEncoder::new(1);
         let mut builder = PackBuilder::with_capacity(1024);
         let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i + 1; 1000 + i as usize]).collect();
-        for data in &chunks {
-            let id = crypto.chunk_id(data);
-            let sealed = encoder.encode(&crypto, &id, data);
-            builder.add(id, &sealed, data.len() as u32);
+        // Two groups: chunks 0..3 together, chunks 3..5 together.
+        for range in [0..3, 3..5] {
+            let group: Vec<u8> = chunks[range.clone()].concat();
+            let mut members = Vec::new();
+            let mut at = 0u32;
+            for data in &chunks[range] {
+                members.push(GroupMember {
+                    chunk: crypto.chunk_id(data),
+                    offset_in_group: at,
+                    raw_bytes: data.len() as u32,
+                });
+                at += data.len() as u32;
+            }
+            let sealed = encoder.encode(&crypto, &group);
+            builder.add(&sealed, group.len() as u32, &members);
         }
         let pack = builder.finish(&crypto);
         assert_eq!(pack.id, blake3::hash(&pack.bytes).to_hex().to_string());
         let entries = read_header(&crypto, &pack.bytes).unwrap();
         assert_eq!(entries, pack.entries);
-        let mut decoder = ChunkDecoder::new();
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[0].blob_offset, entries[2].blob_offset);
+        assert_ne!(entries[2].blob_offset, entries[3].blob_offset);
+        let mut decoder = BlobDecoder::new();
         for (entry, data) in entries.iter().zip(&chunks) {
-            let start = entry.offset as usize;
-            let blob = pack.bytes[start..start + entry.sealed_bytes as usize].to_vec();
-            let decoded = decoder
-                .decode(&crypto, &entry.chunk, blob, entry.raw_bytes)
-                .unwrap();
-            assert_eq!(&decoded, data);
+            let start = entry.blob_offset as usize;
+            let blob = pack.bytes[start..start + entry.blob_bytes as usize].to_vec();
+            let group = decoder.decode(&crypto, blob, entry.group_bytes).unwrap();
+            let chunk = chunk_from_group(
+                &crypto,
+                &entry.chunk,
+                &group,
+                entry.offset_in_group,
+                entry.raw_bytes,
+            )
+            .unwrap();
+            assert_eq!(chunk, &data[..]);
         }
     }
 
@@ -222,7 +280,12 @@ mod tests {
     fn damaged_trailers_and_headers_are_reported() {
         let crypto = Crypto::unencrypted();
         let mut builder = PackBuilder::with_capacity(16);
-        builder.add(crypto.chunk_id(b"x"), b"blob", 1);
+        let member = GroupMember {
+            chunk: crypto.chunk_id(b"x"),
+            offset_in_group: 0,
+            raw_bytes: 1,
+        };
+        builder.add(b"blob", 1, &[member]);
         let pack = builder.finish(&crypto).bytes;
         let mut bad_magic = pack.clone();
         *bad_magic.last_mut().unwrap() ^= 1;

@@ -94,8 +94,10 @@ mod tests {
                 pack: "ab".repeat(32),
                 entries: vec![PackEntry {
                     chunk: ChunkId([3; 32]),
-                    offset: 0,
-                    sealed_bytes: 100,
+                    blob_offset: 0,
+                    blob_bytes: 100,
+                    group_bytes: 131072,
+                    offset_in_group: 65536,
                     raw_bytes: 65536,
                 }],
             },

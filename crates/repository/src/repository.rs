@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::chunk::ChunkDecoder;
+use crate::blob::{BlobDecoder, chunk_from_group};
 use crate::config::{Encryption, FORMAT_NAME, FORMAT_VERSION, RepositoryConfig};
 use crate::crypto::{ChunkId, Crypto, MasterKeys, fill_random};
 use crate::disk_index::DiskIndex;
@@ -224,7 +224,7 @@ impl Repository {
         &self,
         index: &ChunkIndex,
         chunk: &ChunkId,
-        decoder: &mut ChunkDecoder,
+        decoder: &mut BlobDecoder,
     ) -> Result<Vec<u8>> {
         let locations = index.locations(chunk);
         if locations.is_empty() {
@@ -241,20 +241,30 @@ impl Repository {
                 .read_range(
                     ObjectKind::Pack,
                     pack,
-                    location.offset as u64,
-                    location.sealed_bytes as u64,
+                    location.blob_offset as u64,
+                    location.blob_bytes as u64,
                 )
                 .map_err(RepositoryError::from)
                 .and_then(|sealed| {
-                    decoder
-                        .decode(&self.crypto, chunk, sealed, location.raw_bytes)
-                        .map_err(|e| RepositoryError::DamagedChunk {
-                            location: self.location(),
-                            chunk: *chunk,
-                            pack: pack.to_string(),
-                            offset: location.offset as u64,
-                            reason: e.to_string(),
-                        })
+                    let damaged = |reason: String| RepositoryError::DamagedChunk {
+                        location: self.location(),
+                        chunk: *chunk,
+                        pack: pack.to_string(),
+                        offset: location.blob_offset as u64,
+                        reason,
+                    };
+                    let group = decoder
+                        .decode(&self.crypto, sealed, location.group_bytes)
+                        .map_err(|e| damaged(e.to_string()))?;
+                    chunk_from_group(
+                        &self.crypto,
+                        chunk,
+                        &group,
+                        location.offset_in_group,
+                        location.raw_bytes,
+                    )
+                    .map(<[u8]>::to_vec)
+                    .map_err(|e| damaged(e.to_string()))
                 });
             match result {
                 Ok(data) => return Ok(data),

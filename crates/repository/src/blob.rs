@@ -1,0 +1,250 @@
+//! Blobs: how chunks are compressed and sealed inside a pack.
+//!
+//! A blob holds a *group* of up to [`MAXIMUM_GROUP_BYTES`] of consecutive new chunks of one
+//! disk, compressed together:
+//!
+//! ```text
+//! plaintext := compression (1 byte: 0 = stored, 1 = zstd) ‖ payload
+//! payload   := the chunks' bytes one after the other, compressed or not
+//! blob      := seal("lifeboat-blob", plaintext)
+//! ```
+//!
+//! Deduplication stays at chunk granularity (every chunk has its own id and its own index
+//! entry, pointing into its group), while compression sees up to 1 MiB at a time: on real
+//! filesystems that compresses about a third better and faster than 64 KiB alone. A chunk
+//! written on its own (an incremental's scattered change) is a group of one.
+//!
+//! Compression is skipped when it would save less than 1/16: incompressible data then
+//! costs one copy instead of a decompression on every restore. Zero chunks never get here.
+//!
+//! Reading checks, in order: the seal (authenticity), the compression byte, the
+//! decompressed length, and for each chunk taken from the group that its bytes hash to its
+//! id. A chunk that passes is the chunk that was written; anything else is an error naming
+//! it.
+
+use crate::crypto::{ChunkId, Crypto};
+
+const STORED: u8 = 0;
+const ZSTD: u8 = 1;
+/// Associated data of every blob. A blob moved elsewhere still fails the chunk-id check.
+const CONTEXT: &[u8] = b"lifeboat-blob";
+
+/// Largest group of chunks compressed as one blob.
+pub const MAXIMUM_GROUP_BYTES: usize = 1024 * 1024;
+
+/// Default zstd level: level 1 is the fastest full-ratio level, and compression is most of
+/// the write-path cost.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
+
+/// Why a blob or a chunk in it did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    #[error("authentication failed (damaged, or written with another key)")]
+    Authentication,
+    #[error("unknown compression byte {0}")]
+    UnknownCompression(u8),
+    #[error("decompression failed: {0}")]
+    Decompression(String),
+    #[error("decoded length {actual} differs from the {expected} bytes the index records")]
+    Length { expected: u32, actual: usize },
+    #[error("the chunk lies outside its blob")]
+    OutOfBounds,
+    #[error("content hashes to {actual}, not to its id")]
+    Hash { actual: ChunkId },
+}
+
+/// Reusable per-thread state for sealing groups (a zstd context).
+pub struct BlobEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl BlobEncoder {
+    /// An encoder compressing at `level`.
+    pub fn new(level: i32) -> BlobEncoder {
+        BlobEncoder {
+            compressor: zstd::bulk::Compressor::new(level)
+                .expect("zstd accepts levels from -7 to 22"),
+        }
+    }
+
+    /// Compresses and seals `group` (the bytes of one or more consecutive chunks).
+    pub fn encode(&mut self, crypto: &Crypto, group: &[u8]) -> Vec<u8> {
+        assert!(group.len() <= MAXIMUM_GROUP_BYTES, "groups are bounded");
+        let prefix = crypto.prefix_bytes();
+        let bound = zstd::zstd_safe::compress_bound(group.len());
+        let mut buffer = Vec::with_capacity(prefix + 1 + bound.max(group.len()) + 16);
+        buffer.resize(prefix + 1 + bound, 0);
+        buffer[prefix] = ZSTD;
+        let compressed = self
+            .compressor
+            .compress_to_buffer(group, &mut buffer[prefix + 1..])
+            .ok();
+        match compressed {
+            Some(length) if length < group.len() - group.len() / 16 => {
+                buffer.truncate(prefix + 1 + length);
+            }
+            _ => {
+                buffer.truncate(prefix);
+                buffer.push(STORED);
+                buffer.extend_from_slice(group);
+            }
+        }
+        crypto.seal_in_place(CONTEXT, &mut buffer);
+        buffer
+    }
+}
+
+/// Reusable per-thread state for opening blobs (a zstd context).
+pub struct BlobDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl Default for BlobDecoder {
+    fn default() -> Self {
+        BlobDecoder::new()
+    }
+}
+
+impl BlobDecoder {
+    /// A fresh decoder.
+    pub fn new() -> BlobDecoder {
+        BlobDecoder {
+            decompressor: zstd::bulk::Decompressor::new().expect("zstd context allocation"),
+        }
+    }
+
+    /// Opens a sealed blob whose group is `group_bytes` long; returns the group.
+    pub fn decode(
+        &mut self,
+        crypto: &Crypto,
+        sealed: Vec<u8>,
+        group_bytes: u32,
+    ) -> Result<Vec<u8>, BlobError> {
+        if group_bytes as usize > MAXIMUM_GROUP_BYTES {
+            return Err(BlobError::Length {
+                expected: group_bytes,
+                actual: 0,
+            });
+        }
+        let plaintext = crypto
+            .open_in_place(CONTEXT, sealed)
+            .map_err(|_| BlobError::Authentication)?;
+        let Some((&compression, payload)) = plaintext.split_first() else {
+            return Err(BlobError::Length {
+                expected: group_bytes,
+                actual: 0,
+            });
+        };
+        let group = match compression {
+            STORED => payload.to_vec(),
+            ZSTD => {
+                let mut group = vec![0u8; group_bytes as usize];
+                let length = self
+                    .decompressor
+                    .decompress_to_buffer(payload, &mut group)
+                    .map_err(|e| BlobError::Decompression(e.to_string()))?;
+                group.truncate(length);
+                group
+            }
+            other => return Err(BlobError::UnknownCompression(other)),
+        };
+        if group.len() != group_bytes as usize {
+            return Err(BlobError::Length {
+                expected: group_bytes,
+                actual: group.len(),
+            });
+        }
+        Ok(group)
+    }
+}
+
+/// Takes chunk `id` out of an opened group and checks it hashes to its id.
+pub fn chunk_from_group<'g>(
+    crypto: &Crypto,
+    id: &ChunkId,
+    group: &'g [u8],
+    offset_in_group: u32,
+    raw_bytes: u32,
+) -> Result<&'g [u8], BlobError> {
+    let start = offset_in_group as usize;
+    let data = group
+        .get(start..start + raw_bytes as usize)
+        .ok_or(BlobError::OutOfBounds)?;
+    let actual = crypto.chunk_id(data);
+    if actual != *id {
+        return Err(BlobError::Hash { actual });
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKeys;
+
+    fn both() -> [Crypto; 2] {
+        [
+            Crypto::unencrypted(),
+            Crypto::encrypted(&MasterKeys::generate()),
+        ]
+    }
+
+    #[test]
+    fn compressible_groups_shrink_and_random_ones_are_stored() {
+        for crypto in both() {
+            let text = b"lifeboat ".repeat(7282);
+            let sealed = BlobEncoder::new(1).encode(&crypto, &text);
+            assert!(sealed.len() < text.len() / 10);
+            let group = BlobDecoder::new()
+                .decode(&crypto, sealed, text.len() as u32)
+                .unwrap();
+            assert_eq!(group, text);
+            let mut random = vec![0u8; 65536];
+            crate::crypto::fill_random(&mut random);
+            let sealed = BlobEncoder::new(1).encode(&crypto, &random);
+            assert_eq!(sealed.len(), random.len() + 1 + crypto.overhead_bytes());
+        }
+    }
+
+    #[test]
+    fn chunks_come_out_of_their_group_checked() {
+        let crypto = Crypto::encrypted(&MasterKeys::generate());
+        let first = vec![1u8; 4096];
+        let second = vec![2u8; 1000];
+        let group = [first.clone(), second.clone()].concat();
+        let sealed = BlobEncoder::new(1).encode(&crypto, &group);
+        let opened = BlobDecoder::new()
+            .decode(&crypto, sealed, group.len() as u32)
+            .unwrap();
+        let id = crypto.chunk_id(&second);
+        assert_eq!(
+            chunk_from_group(&crypto, &id, &opened, 4096, 1000).unwrap(),
+            &second[..]
+        );
+        assert!(matches!(
+            chunk_from_group(&crypto, &id, &opened, 0, 1000),
+            Err(BlobError::Hash { .. })
+        ));
+        assert_eq!(
+            chunk_from_group(&crypto, &id, &opened, 4096, 2000),
+            Err(BlobError::OutOfBounds)
+        );
+    }
+
+    #[test]
+    fn damaged_blobs_and_wrong_lengths_are_refused() {
+        let crypto = Crypto::unencrypted();
+        let group = vec![9u8; 8192];
+        let mut sealed = BlobEncoder::new(1).encode(&crypto, &group);
+        assert!(
+            BlobDecoder::new()
+                .decode(&crypto, sealed.clone(), 100)
+                .is_err()
+        );
+        sealed[3] ^= 1;
+        assert_eq!(
+            BlobDecoder::new().decode(&crypto, sealed, 8192),
+            Err(BlobError::Authentication)
+        );
+    }
+}
