@@ -120,16 +120,19 @@ impl PointDisk {
                     .put(key, Arc::clone(&group));
                 Some(group)
             });
-            if let Some(group) = group {
-                if let Ok(data) = chunk_from_group(
+            let data = group.as_ref().and_then(|group| {
+                chunk_from_group(
                     crypto,
                     id,
-                    &group,
+                    group,
                     location.offset_in_group,
                     location.raw_bytes,
-                ) {
-                    return Ok(data.to_vec());
-                }
+                )
+                .ok()
+                .map(<[u8]>::to_vec)
+            });
+            if let Some(data) = data {
+                return Ok(data);
             }
         }
         self.repository.read_chunk(&self.index, id, decoder)
