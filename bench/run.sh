@@ -22,7 +22,7 @@
 #   BENCH_SEED     seed of the random writes (default 4242)
 #
 # Tool settings, all encrypted:
-#   lifeboat  default repository: AES-256-GCM, 64 KiB chunks, zstd level 1
+#   lifeboat  default repository: AES-256-GCM, 64 KiB chunks compressed in groups of up to 2 MiB, zstd level 2
 #   restic    repository version 2, --compression auto (zstd)
 #   borg      repokey encryption, --compression lz4 (borg's default compression)
 set -euo pipefail
@@ -319,6 +319,44 @@ bench_tool() {
     rm -rf "$dir"
 }
 
+# Lifeboat only: the cost of an incremental backup as the change grows, when change
+# information exists. The first image becomes a qcow2 disk; after a full backup, qemu-io
+# (qemu's block layer, as a VM would) writes $percent % of its 4 KiB blocks at random, and
+# the next backup reads only what the image's dirty bitmap marks.
+bench_change_tracking() {
+    local image=$1
+    local name
+    name=$(basename "$image" .raw)
+    local dir=$BENCH_DIR/run/$name-tracking
+    for percent in 0.5 1 2 4; do
+        for run in $(seq "$BENCH_RUNS"); do
+            rm -rf "$dir"
+            mkdir -p "$dir"
+            qemu-img convert -f raw -O qcow2 "$image" "$dir/disk.qcow2"
+            "$LIFEBOAT" init --repo "$dir/repo" >/dev/null
+            "$LIFEBOAT" backup --repo "$dir/repo" --vm bench "$dir/disk.qcow2" >/dev/null
+            python3 - "$(stat -c %s "$image")" "$percent" "$BENCH_SEED" >"$dir/writes" <<'PY'
+import random, sys
+size, percent, seed = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+blocks = size // 4096
+for block in rng.sample(range(blocks), int(blocks * percent / 100)):
+    print(f"write -P {rng.randrange(1, 256)} {block * 4096} 4k")
+PY
+            qemu-io -f qcow2 "$dir/disk.qcow2" <"$dir/writes" >/dev/null
+            measure "$dir/incremental.json" "$dir" \
+                "$LIFEBOAT" backup --json --repo "$dir/repo" --vm bench "$dir/disk.qcow2"
+            record "$name" tracking "incr_s_$percent" "$SECONDS_TAKEN"
+            for field in bytes_read bytes_new bytes_stored; do
+                record "$name" tracking "${field}_$percent" \
+                    "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$dir/incremental.json" "$field")"
+            done
+            log "$name change tracking $percent % run $run/$BENCH_RUNS done"
+        done
+    done
+    rm -rf "$dir"
+}
+
 # ---------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------
@@ -359,7 +397,7 @@ report() {
     echo "- Work directory filesystem: $(df -T "$BENCH_DIR" | awk 'NR == 2 { print $2 }')"
     echo "- Versions: $("$LIFEBOAT" --version), $(restic version | cut -d' ' -f1-2), $(borg --version)"
     echo "- Settings: all repositories encrypted. Lifeboat defaults (AES-256-GCM, 64 KiB chunks," \
-        "zstd level 1); restic repository version 2 with --compression auto; borg repokey with" \
+        "compressed in groups of up to 2 MiB, zstd level 2); restic repository version 2 with --compression auto; borg repokey with" \
         "--compression lz4 (borg's default). Caches of restic and borg start empty in every run."
     echo "- Page cache dropped before every measured step: $CACHE_DROPS. Every measured step ends" \
         "with sync. Incremental: 1 % of the image's 4 KiB blocks overwritten in place with random" \
@@ -389,6 +427,20 @@ report() {
         row "Restore: throughput (MiB/s)" "$per_second" restore_s "$name"
         row "Restore: peak RSS (MiB)" "$kib" restore_rss_kib "$name"
     done
+    local first
+    first=$(basename "${IMAGES[0]}" .raw)
+    echo
+    echo "## Incremental cost as the change grows ($first as qcow2, Lifeboat with its dirty bitmap)"
+    echo
+    echo "| Blocks rewritten (4 KiB, random) | Time (s) | Read (MiB) | New (MiB) | Stored (MiB) |"
+    echo "|---:|---:|---:|---:|---:|"
+    for percent in 0.5 1 2 4; do
+        awk -v p="$percent" -v t="$(median "$first" tracking "incr_s_$percent")" \
+            -v r="$(median "$first" tracking "bytes_read_$percent")" \
+            -v n="$(median "$first" tracking "bytes_new_$percent")" \
+            -v s="$(median "$first" tracking "bytes_stored_$percent")" \
+            'BEGIN { printf "| %s %% | %.2f | %.1f | %.1f | %.1f |\n", p, t, r / 2^20, n / 2^20, s / 2^20 }'
+    done
 }
 
 # ---------------------------------------------------------------------------------------
@@ -410,6 +462,7 @@ main() {
             done
         done
     done
+    bench_change_tracking "${IMAGES[0]}"
     rm -rf "$BENCH_DIR/run"
     mkdir -p "$RESULTS_DIR"
     report | tee "$RESULTS_DIR/latest.md"

@@ -402,11 +402,13 @@ fn backup_locked(
     })
 }
 
-/// A run of chunks read from one disk.
+/// A run of chunks read from one disk: the first `length` bytes of `data`. The buffer
+/// comes from a pool and goes back to it once the block is processed.
 struct ReadBlock {
     disk: usize,
     first_chunk: usize,
     data: Vec<u8>,
+    length: usize,
 }
 
 /// One chunk after hashing.
@@ -476,30 +478,51 @@ fn run_pipeline(
     let (block_sender, block_receiver) = bounded::<ReadBlock>(threads);
     let (result_sender, result_receiver) = bounded::<BlockResult>(threads);
     let (pack_sender, pack_receiver) = bounded::<FinishedPack>(1);
+    // Buffers circulate instead of being allocated (and faulted in) for every block or pack.
+    let block_bytes = plans
+        .iter()
+        .map(|plan| plan.chunk_size_bytes as usize)
+        .max()
+        .unwrap_or(0)
+        .max(READ_BLOCK_BYTES);
+    let block_buffers = threads + 2;
+    let (buffer_return, buffer_pool) = bounded::<Vec<u8>>(block_buffers);
+    for _ in 0..block_buffers {
+        buffer_return
+            .send(vec![0u8; block_bytes])
+            .expect("the pool has room");
+    }
+    let (pack_return, pack_pool) = bounded::<Vec<u8>>(2);
 
     std::thread::scope(|scope| -> Result<PipelineOutcome> {
         let abort = &abort;
-        let reader = scope.spawn(move || read_blocks(sources, plans, block_sender, abort));
+        let reader =
+            scope.spawn(move || read_blocks(sources, plans, buffer_pool, block_sender, abort));
         let mut workers = Vec::new();
         for _ in 0..threads {
             let blocks = block_receiver.clone();
             let results = result_sender.clone();
+            let buffers = buffer_return.clone();
             let claimed = &claimed;
             let level = options.compression_level;
             workers.push(scope.spawn(move || {
-                hash_and_seal(crypto, dedup, claimed, level, plans, blocks, results)
+                hash_and_seal(
+                    crypto, dedup, claimed, level, plans, blocks, results, buffers,
+                )
             }));
         }
         drop(block_receiver);
         drop(result_sender);
-        let writer = scope.spawn(move || write_packs(repository, pack_receiver, abort));
+        drop(buffer_return);
+        let writer =
+            scope.spawn(move || write_packs(repository, pack_receiver, pack_return, abort));
 
         let packed = pack_results(
             crypto,
             progress,
             &mut indexes,
             result_receiver,
-            pack_sender,
+            (pack_sender, pack_pool),
             abort,
         );
         if packed.is_err() {
@@ -526,6 +549,7 @@ fn run_pipeline(
 fn read_blocks(
     sources: &mut [SourceDisk],
     plans: &[DiskPlan],
+    buffers: Receiver<Vec<u8>>,
     blocks: Sender<ReadBlock>,
     abort: &AtomicBool,
 ) -> Result<u64> {
@@ -551,8 +575,10 @@ fn read_blocks(
             }
             let offset = first as u64 * chunk_size as u64;
             let length: usize = (first..index).map(|i| plan.chunk_length(i) as usize).sum();
-            let mut data = vec![0u8; length];
-            if let Err(error) = source.read(offset, &mut data) {
+            let Ok(mut data) = buffers.recv() else {
+                return Ok(bytes_read);
+            };
+            if let Err(error) = source.read(offset, &mut data[..length]) {
                 abort.store(true, Ordering::SeqCst);
                 return Err(error.into());
             }
@@ -562,6 +588,7 @@ fn read_blocks(
                     disk,
                     first_chunk: first,
                     data,
+                    length,
                 })
                 .is_err()
             {
@@ -572,6 +599,7 @@ fn read_blocks(
     Ok(bytes_read)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn hash_and_seal(
     crypto: &lifeboat_repository::Crypto,
     dedup: &ChunkIndex,
@@ -580,6 +608,7 @@ fn hash_and_seal(
     plans: &[DiskPlan],
     blocks: Receiver<ReadBlock>,
     results: Sender<BlockResult>,
+    buffers: Sender<Vec<u8>>,
 ) {
     let mut encoder = BlobEncoder::new(level);
     for block in blocks {
@@ -593,19 +622,20 @@ fn hash_and_seal(
         let mut run_start = 0usize;
         let mut run_end = 0usize;
         let mut members: Vec<GroupMember> = Vec::new();
+        let data = &block.data[..block.length];
         let mut at = 0usize;
         let mut chunk = block.first_chunk;
-        while at <= block.data.len() {
-            let finished = at == block.data.len();
+        while at <= data.len() {
+            let finished = at == data.len();
             let (length, id, is_new) = if finished {
                 (0, ChunkId::ZERO, false)
             } else {
                 let length = plan.chunk_length(chunk) as usize;
-                let data = &block.data[at..at + length];
-                let id = if is_zero(data) {
+                let bytes = &data[at..at + length];
+                let id = if is_zero(bytes) {
                     ChunkId::ZERO
                 } else {
-                    crypto.chunk_id(data)
+                    crypto.chunk_id(bytes)
                 };
                 let is_new = !id.is_zero()
                     && !dedup.contains(&id)
@@ -616,7 +646,7 @@ fn hash_and_seal(
             if !members.is_empty()
                 && (!is_new || run_end - run_start + length > MAXIMUM_GROUP_BYTES)
             {
-                let group = &block.data[run_start..run_end];
+                let group = &data[run_start..run_end];
                 result.groups.push(SealedGroup {
                     sealed: encoder.encode(crypto, group),
                     group_bytes: group.len() as u32,
@@ -646,6 +676,7 @@ fn hash_and_seal(
             at += length;
             chunk += 1;
         }
+        let _ = buffers.send(block.data);
         if results.send(result).is_err() {
             return;
         }
@@ -657,10 +688,16 @@ fn pack_results(
     progress: &dyn Progress,
     indexes: &mut [DiskIndex],
     results: Receiver<BlockResult>,
-    packs: Sender<FinishedPack>,
+    (packs, pack_buffers): (Sender<FinishedPack>, Receiver<Vec<u8>>),
     abort: &AtomicBool,
 ) -> Result<(u64, u64)> {
     let capacity = DEFAULT_PACK_TARGET_BYTES + MAXIMUM_GROUP_BYTES + 4096;
+    let next_builder = || {
+        pack_buffers
+            .try_recv()
+            .map(PackBuilder::reusing)
+            .unwrap_or_else(|_| PackBuilder::with_capacity(capacity))
+    };
     let mut builder = PackBuilder::with_capacity(capacity);
     let mut bytes_new = 0u64;
     let mut bytes_stored = 0u64;
@@ -675,7 +712,7 @@ fn pack_results(
             bytes_stored += group.sealed.len() as u64;
             builder.add(&group.sealed, group.group_bytes, &group.members);
             if builder.len_bytes() >= DEFAULT_PACK_TARGET_BYTES {
-                let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(capacity));
+                let full = std::mem::replace(&mut builder, next_builder());
                 packs.send(full.finish(crypto)).map_err(|_| writer_gone())?;
             }
         }
@@ -694,12 +731,14 @@ fn pack_results(
 fn write_packs(
     repository: &Repository,
     packs: Receiver<FinishedPack>,
+    buffers: Sender<Vec<u8>>,
     abort: &AtomicBool,
 ) -> Result<()> {
     let mut pending: Vec<PackRecord> = Vec::new();
     let result = (|| {
         for pack in packs.iter() {
-            pending.push(repository.write_pack(pack)?);
+            pending.push(repository.write_pack(&pack)?);
+            let _ = buffers.try_send(pack.bytes);
             if pending.len() >= PACKS_PER_INDEX {
                 repository.write_pack_index(&pending)?;
                 pending.clear();

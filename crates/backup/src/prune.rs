@@ -355,14 +355,14 @@ fn repack(
                     &mut builder,
                     PackBuilder::with_capacity(DEFAULT_PACK_TARGET_BYTES),
                 );
-                written.push(repository.write_pack(full.finish(crypto))?);
+                written.push(repository.write_pack(&full.finish(crypto))?);
             }
         }
         copied_from.push(pack.clone());
         report.packs_repacked += 1;
     }
     if !builder.is_empty() {
-        written.push(repository.write_pack(builder.finish(crypto))?);
+        written.push(repository.write_pack(&builder.finish(crypto))?);
     }
     if !written.is_empty() {
         repository.write_pack_index(&written)?;

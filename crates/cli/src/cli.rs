@@ -87,7 +87,8 @@ pub struct BackupArguments {
     #[arg(long)]
     pub full: bool,
     /// zstd compression level for new chunks.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    #[arg(long, default_value_t = lifeboat_repository::blob::DEFAULT_COMPRESSION_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: i32,
 }
 

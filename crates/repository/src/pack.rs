@@ -127,6 +127,16 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack filling a buffer already allocated (by an earlier pack), so a
+    /// long backup does not fault in fresh memory for every pack.
+    pub fn reusing(mut buffer: Vec<u8>) -> PackBuilder {
+        buffer.clear();
+        PackBuilder {
+            bytes: buffer,
+            entries: Vec::new(),
+        }
+    }
+
     /// Bytes of blobs so far.
     pub fn len_bytes(&self) -> usize {
         self.bytes.len()

@@ -205,15 +205,15 @@ impl Repository {
 
     /// Stores a finished pack durably. Storing a pack that already exists is not an error:
     /// its id is the hash of its bytes, so it is the same pack.
-    pub fn write_pack(&self, pack: FinishedPack) -> Result<PackRecord> {
+    pub fn write_pack(&self, pack: &FinishedPack) -> Result<PackRecord> {
         match self.storage.create(ObjectKind::Pack, &pack.id, &pack.bytes) {
             Ok(()) => {}
             Err(error) if error.is_already_exists() => {}
             Err(error) => return Err(error.into()),
         }
         Ok(PackRecord {
-            pack: pack.id,
-            entries: pack.entries,
+            pack: pack.id.clone(),
+            entries: pack.entries.clone(),
         })
     }
 
