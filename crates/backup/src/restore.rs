@@ -13,7 +13,7 @@
 //! # Pipeline
 //!
 //! ```text
-//! reader (pack ranges, coalesced) ──▶ workers (open, decompress, hash) ──▶ this thread (write)
+//! reader (pack ranges in storage order, coalesced) ──▶ workers (open, decompress, hash) ──▶ this thread (write)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -217,7 +217,7 @@ fn restore_disk(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let mut target = TargetDisk::create(path, format, disk_index.virtual_size_bytes)?;
-    let wanted: Vec<Wanted> = disk_index
+    let mut wanted: Vec<Wanted> = disk_index
         .chunks
         .iter()
         .enumerate()
@@ -228,6 +228,17 @@ fn restore_disk(
             location: index.locate(id).expect("presence checked before writing"),
         })
         .collect();
+    // In storage order: every blob is read and opened once, packs are read front to back,
+    // and the target takes writes in any order. (In disk order, an incremental's scattered
+    // new chunks would interleave with their neighbours' older groups and reopen them.)
+    wanted.sort_by_key(|w| {
+        (
+            w.location.pack,
+            w.location.blob_offset,
+            w.location.offset_in_group,
+            w.chunk_index,
+        )
+    });
     let threads = threads.clamp(1, 16);
     let abort = AtomicBool::new(false);
     let (run_sender, run_receiver) = bounded::<ReadRun>(threads * 2);
