@@ -94,6 +94,19 @@ fn needed_chunks(repository: &Repository, report: &mut PruneReport) -> Result<Ch
     Ok(needed)
 }
 
+/// The chunk map from every pack index; refuses when one is unreadable, since its packs
+/// would then look unindexed.
+fn complete_index(repository: &Repository) -> Result<lifeboat_repository::LoadedIndex> {
+    let loaded = repository.load_index()?;
+    if let Some(damaged) = loaded.damaged.first() {
+        return Err(EngineError::Refused(format!(
+            "prune deletes nothing while pack index '{}' is unreadable ({}); run 'lifeboat verify'",
+            damaged.name, damaged.reason
+        )));
+    }
+    Ok(loaded)
+}
+
 /// Phase two for every ripe garbage record.
 fn carry_out_ripe(
     repository: &Repository,
@@ -130,13 +143,7 @@ fn carry_out_ripe(
     // What is needed is computed after the lease check: every writer older than the records
     // has committed or died, so its points (if any) are visible now.
     let needed = needed_chunks(repository, report)?;
-    let loaded = repository.load_index()?;
-    if let Some(damaged) = loaded.damaged.first() {
-        return Err(EngineError::Refused(format!(
-            "prune deletes nothing while pack index '{}' is unreadable ({}); run 'lifeboat verify'",
-            damaged.name, damaged.reason
-        )));
-    }
+    let loaded = complete_index(repository)?;
     let quarantined: HashSet<String> = repository
         .list_quarantine()?
         .into_iter()
@@ -211,13 +218,7 @@ fn carry_out_ripe(
 /// Phase one: record what is no longer needed; repack what is mostly unneeded.
 fn queue_candidates(repository: &Repository, report: &mut PruneReport) -> Result<()> {
     let needed = needed_chunks(repository, report)?;
-    let loaded = repository.load_index()?;
-    if let Some(damaged) = loaded.damaged.first() {
-        return Err(EngineError::Refused(format!(
-            "prune deletes nothing while pack index '{}' is unreadable ({}); run 'lifeboat verify'",
-            damaged.name, damaged.reason
-        )));
-    }
+    let loaded = complete_index(repository)?;
     let index = loaded.chunks;
     let quarantined: HashSet<String> = repository
         .list_quarantine()?

@@ -216,7 +216,7 @@ fn restore_disk(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let mut target = TargetDisk::create(path, format, disk_index.virtual_size_bytes)?;
+    let target = TargetDisk::create(path, format, disk_index.virtual_size_bytes)?;
     let mut wanted: Vec<Wanted> = disk_index
         .chunks
         .iter()
@@ -242,36 +242,31 @@ fn restore_disk(
     let threads = threads.clamp(1, 16);
     let abort = AtomicBool::new(false);
     let (run_sender, run_receiver) = bounded::<ReadRun>(threads * 2);
-    let (data_sender, data_receiver) = bounded::<Result<(usize, Vec<u8>)>>(threads * 8);
-    let damaged = |chunk_index: usize, source: RepositoryError| EngineError::RestoreDamaged {
-        point: manifest.point.clone(),
-        disk: disk_name.to_string(),
-        offset: disk_index.chunk_range(chunk_index).0,
-        damage: Box::new(source),
+    let (written_sender, written_receiver) = bounded::<Result<u64>>(threads * 8);
+    let place = Place {
+        point: &manifest.point,
+        disk: disk_name,
+        disk_index,
     };
 
     let written = std::thread::scope(|scope| -> Result<u64> {
         let abort = &abort;
         let wanted = &wanted;
+        let target = &target;
+        let place = &place;
         scope.spawn(move || read_runs(repository, index, wanted, run_sender, abort));
         for _ in 0..threads {
             let runs = run_receiver.clone();
-            let data = data_sender.clone();
-            let damaged = &damaged;
-            scope.spawn(move || decode_runs(repository, index, runs, data, damaged, abort));
+            let written = written_sender.clone();
+            scope.spawn(move || write_runs(repository, index, target, place, runs, written, abort));
         }
         drop(run_receiver);
-        drop(data_sender);
-        let mut written = 0u64;
-        for item in data_receiver {
-            let result = item.and_then(|(chunk_index, data)| {
-                let (offset, _) = disk_index.chunk_range(chunk_index);
-                target.write(offset, &data)?;
-                Ok(data.len() as u64)
-            });
-            match result {
+        drop(written_sender);
+        let mut total = 0u64;
+        for item in written_receiver {
+            match item {
                 Ok(bytes) => {
-                    written += bytes;
+                    total += bytes;
                     progress.advance(bytes);
                 }
                 Err(error) => {
@@ -280,7 +275,7 @@ fn restore_disk(
                 }
             }
         }
-        Ok(written)
+        Ok(total)
     })?;
     let expected: u64 = wanted
         .iter()
@@ -293,6 +288,24 @@ fn restore_disk(
     }
     target.finish()?;
     Ok(written)
+}
+
+/// Which disk of which point is being restored, for errors.
+struct Place<'a> {
+    point: &'a str,
+    disk: &'a str,
+    disk_index: &'a DiskIndex,
+}
+
+impl Place<'_> {
+    fn damaged(&self, chunk_index: usize, source: RepositoryError) -> EngineError {
+        EngineError::RestoreDamaged {
+            point: self.point.to_string(),
+            disk: self.disk.to_string(),
+            offset: self.disk_index.chunk_range(chunk_index).0,
+            damage: Box::new(source),
+        }
+    }
 }
 
 fn read_runs(
@@ -350,58 +363,103 @@ fn read_runs(
     }
 }
 
-fn decode_runs(
+/// Opens each blob of each run once (in place, in the run's buffer), checks every chunk
+/// taken from it, and writes runs of chunks that are consecutive both in the group and on
+/// the disk with one write each. A chunk whose copy fails is read again the careful way.
+fn write_runs(
     repository: &Repository,
     index: &ChunkIndex,
+    target: &TargetDisk,
+    place: &Place,
     runs: Receiver<ReadRun>,
-    data: Sender<Result<(usize, Vec<u8>)>>,
-    damaged: &(dyn Fn(usize, RepositoryError) -> EngineError + Sync),
+    written: Sender<Result<u64>>,
     abort: &AtomicBool,
 ) {
     let mut decoder = BlobDecoder::new();
     let crypto = repository.crypto();
+    let chunk_size = place.disk_index.chunk_size_bytes as u64;
+    let check = |group: &[u8], wanted: &Wanted| {
+        chunk_from_group(
+            crypto,
+            &wanted.id,
+            group,
+            wanted.location.offset_in_group,
+            wanted.location.raw_bytes,
+        )
+        .is_ok()
+    };
     for run in runs {
-        // The last opened group of this run, by blob offset.
-        let mut opened: Option<(u32, Vec<u8>)> = None;
-        for wanted in &run.chunks {
+        let ReadRun {
+            pack,
+            start,
+            chunks,
+            bytes,
+        } = run;
+        let mut bytes = bytes.ok();
+        for blob in chunks.chunk_by(|a, b| a.location.blob_offset == b.location.blob_offset) {
             if abort.load(Ordering::Relaxed) {
                 return;
             }
-            debug_assert_eq!(wanted.location.pack, run.pack);
-            let location = wanted.location;
-            if opened
-                .as_ref()
-                .is_none_or(|(offset, _)| *offset != location.blob_offset)
-            {
-                opened = run.bytes.as_ref().ok().and_then(|bytes| {
-                    let at = (location.blob_offset as u64 - run.start) as usize;
-                    let sealed = bytes[at..at + location.blob_bytes as usize].to_vec();
-                    let group = decoder.decode(crypto, sealed, location.group_bytes).ok()?;
-                    Some((location.blob_offset, group))
+            let first = blob[0].location;
+            debug_assert_eq!(first.pack, pack);
+            let mut failed: Vec<Wanted> = Vec::new();
+            let result = (|| -> Result<u64> {
+                let mut total = 0u64;
+                let group = bytes.as_mut().and_then(|bytes| {
+                    let at = (first.blob_offset as u64 - start) as usize;
+                    let sealed = &mut bytes[at..at + first.blob_bytes as usize];
+                    decoder.open(crypto, sealed, first.group_bytes).ok()
                 });
-            }
-            let decoded = opened.as_ref().and_then(|(_, group)| {
-                chunk_from_group(
-                    crypto,
-                    &wanted.id,
-                    group,
-                    location.offset_in_group,
-                    location.raw_bytes,
-                )
-                .ok()
-                .map(<[u8]>::to_vec)
+                let Some(group) = group else {
+                    failed.extend_from_slice(blob);
+                    return Ok(0);
+                };
+                let mut position = 0;
+                while position < blob.len() {
+                    let first_chunk = blob[position];
+                    if !check(group, &first_chunk) {
+                        failed.push(first_chunk);
+                        position += 1;
+                        continue;
+                    }
+                    // Extend over following chunks adjacent in the group and on the disk.
+                    let mut end = position + 1;
+                    while end < blob.len() {
+                        let previous = blob[end - 1];
+                        let next = blob[end];
+                        let adjacent = next.chunk_index == previous.chunk_index + 1
+                            && next.location.offset_in_group
+                                == previous.location.offset_in_group + previous.location.raw_bytes;
+                        if !adjacent || !check(group, &next) {
+                            break;
+                        }
+                        end += 1;
+                    }
+                    let last = blob[end - 1].location;
+                    let from = first_chunk.location.offset_in_group as usize;
+                    let to = (last.offset_in_group + last.raw_bytes) as usize;
+                    target.write(
+                        first_chunk.chunk_index as u64 * chunk_size,
+                        &group[from..to],
+                    )?;
+                    total += (to - from) as u64;
+                    position = end;
+                }
+                Ok(total)
+            })()
+            .and_then(|mut total| {
+                // Every stored copy in turn, and an error naming chunk and pack if none is good.
+                for wanted in &failed {
+                    let data = repository
+                        .read_chunk(index, &wanted.id, &mut decoder)
+                        .map_err(|error| place.damaged(wanted.chunk_index, error))?;
+                    target.write(wanted.chunk_index as u64 * chunk_size, &data)?;
+                    total += data.len() as u64;
+                }
+                Ok(total)
             });
-            // On any failure, read the chunk the careful way: every stored copy in turn,
-            // and an error naming the chunk and pack if none is good.
-            let result = match decoded {
-                Some(chunk) => Ok(chunk),
-                None => repository.read_chunk(index, &wanted.id, &mut decoder),
-            };
-            let item = result
-                .map(|chunk| (wanted.chunk_index, chunk))
-                .map_err(|error| damaged(wanted.chunk_index, error));
-            let failed = item.is_err();
-            if data.send(item).is_err() || failed {
+            let is_error = result.is_err();
+            if written.send(result).is_err() || is_error {
                 return;
             }
         }

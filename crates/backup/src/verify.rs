@@ -152,11 +152,7 @@ pub fn verify(
         });
     }
     let index = loaded.chunks;
-    let quarantined: HashSet<(ChunkId, String)> = repository
-        .list_quarantine()?
-        .into_iter()
-        .filter_map(|r| Some((r.chunk_id()?, r.pack)))
-        .collect();
+    let quarantined = repository.quarantined_copies()?;
     let pack_sizes: HashMap<String, u64> = repository
         .storage()
         .list(ObjectKind::Pack)?

@@ -240,12 +240,20 @@ fn prune_beside_a_running_backup_never_deletes_what_it_will_need() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Prune runs again and again while the backup holds its lease.
+    let locks = harness.repository.join("locks");
+    while std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            backup.try_wait().unwrap().is_none(),
+            "the backup ended before taking its lease"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut waited = false;
-    for _ in 0..10 {
+    while backup.try_wait().unwrap().is_none() {
         let report = harness.json(&["prune"]);
         waited |= number(&report, "packs_pending") > 0
             && !report["waiting_for"].as_array().unwrap().is_empty();
-        std::thread::sleep(Duration::from_millis(50));
     }
     assert!(backup.wait().unwrap().success());
     assert!(

@@ -7,10 +7,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use lifeboat_nbd::Client;
+use lifeboat_nbd::{Client, NbdError};
 
 use crate::error::{DiskError, Result};
 use crate::format::Format;
@@ -18,11 +21,14 @@ use crate::inspect::classify_qemu_error;
 use crate::qemu_nbd::{QemuNbd, ServeOptions};
 
 enum Writer {
-    Raw(File),
-    Nbd(Box<(Client, QemuNbd)>),
+    /// Positional writes: any number of threads at once; `unflushed` counts bytes written
+    /// since write-back was last started.
+    Raw { file: File, unflushed: AtomicU64 },
+    /// One NBD connection, taken in turn.
+    Nbd(Box<(Mutex<Client>, QemuNbd)>),
 }
 
-/// A disk being restored.
+/// A disk being restored. Writes may come from several threads at once.
 pub struct TargetDisk {
     final_path: PathBuf,
     temporary_path: PathBuf,
@@ -50,6 +56,11 @@ fn is_no_space(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT)
 }
 
+/// After this many bytes are written, write-back of the file is started, so the final
+/// flush has little left to wait for (the kernel would otherwise hold gigabytes dirty until
+/// the fsync and then write them while Lifeboat waits).
+const WRITE_BACK_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+
 impl TargetDisk {
     /// Creates an all-zero disk of `size_bytes` in `format`, to appear at `path` when finished.
     pub fn create(path: &Path, format: &Format, size_bytes: u64) -> Result<TargetDisk> {
@@ -71,7 +82,10 @@ impl TargetDisk {
                         path: path.to_path_buf(),
                         detail: format!("cannot create {}: {e}", temporary_path.display()),
                     })?;
-                Writer::Raw(file)
+                Writer::Raw {
+                    file,
+                    unflushed: AtomicU64::new(0),
+                }
             }
             _ => {
                 let mut command = Command::new("qemu-img");
@@ -111,7 +125,7 @@ impl TargetDisk {
                         ),
                     });
                 }
-                Writer::Nbd(Box::new((client, server)))
+                Writer::Nbd(Box::new((Mutex::new(client), server)))
             }
         };
         Ok(TargetDisk {
@@ -128,41 +142,62 @@ impl TargetDisk {
     }
 
     /// Writes `data` at `offset`. Zero ranges need no write: a fresh disk reads as zeros.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let path = &self.final_path;
-        match self.writer.as_mut().expect("writer present until finish") {
-            Writer::Raw(file) => file.write_all_at(data, offset).map_err(|e| {
-                if is_no_space(&e) {
-                    DiskError::NoSpace {
-                        path: path.clone(),
-                        offset,
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let (no_space, detail) = match self.writer.as_ref().expect("writer present until finish") {
+            Writer::Raw { file, unflushed } => match file.write_all_at(data, offset) {
+                Ok(()) => {
+                    let pending = unflushed.fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if pending >= WRITE_BACK_EVERY_BYTES {
+                        unflushed.store(0, Ordering::Relaxed);
+                        // SAFETY: a valid descriptor; the call only starts write-back. A
+                        // failure here is reported again by the final fsync.
+                        unsafe {
+                            libc::sync_file_range(
+                                file.as_raw_fd(),
+                                0,
+                                0,
+                                libc::SYNC_FILE_RANGE_WRITE,
+                            );
+                        }
                     }
-                } else {
-                    DiskError::Io {
-                        path: path.clone(),
-                        operation: "write",
-                        offset,
-                        detail: e.to_string(),
-                    }
+                    return Ok(());
                 }
-            }),
-            Writer::Nbd(nbd) => nbd.0.write(offset, data, false).map_err(|e| {
-                let detail = e.to_string();
-                if detail.contains("errno 28") {
-                    DiskError::NoSpace {
-                        path: path.clone(),
-                        offset,
-                    }
-                } else {
-                    DiskError::Io {
-                        path: path.clone(),
-                        operation: "write",
-                        offset,
-                        detail,
-                    }
-                }
-            }),
-        }
+                Err(error) => (is_no_space(&error), error.to_string()),
+            },
+            Writer::Nbd(nbd) => match nbd
+                .0
+                .lock()
+                .map_err(|_| DiskError::Other {
+                    path: self.final_path.clone(),
+                    detail: "a writer thread failed".to_string(),
+                })?
+                .write(offset, data, false)
+            {
+                Ok(()) => return Ok(()),
+                Err(error) => (
+                    matches!(
+                        error,
+                        NbdError::Command {
+                            errno: lifeboat_nbd::protocol::ENOSPC,
+                            ..
+                        }
+                    ),
+                    error.to_string(),
+                ),
+            },
+        };
+        let path = self.final_path.clone();
+        Err(if no_space {
+            DiskError::NoSpace { path, offset }
+        } else {
+            DiskError::Io {
+                path,
+                operation: "write",
+                offset,
+                detail,
+            }
+        })
     }
 
     /// Flushes everything and moves the disk to its final name.
@@ -175,7 +210,7 @@ impl TargetDisk {
             detail,
         };
         match self.writer.take().expect("writer present until finish") {
-            Writer::Raw(file) => file.sync_all().map_err(|e| {
+            Writer::Raw { file, .. } => file.sync_all().map_err(|e| {
                 if is_no_space(&e) {
                     DiskError::NoSpace {
                         path: path.clone(),
@@ -186,7 +221,10 @@ impl TargetDisk {
                 }
             })?,
             Writer::Nbd(nbd) => {
-                let (mut client, server) = *nbd;
+                let (client, server) = *nbd;
+                let mut client = client
+                    .into_inner()
+                    .map_err(|_| io("flush", "a writer thread failed".to_string()))?;
                 client.flush().map_err(|e| io("flush", e.to_string()))?;
                 client.disconnect();
                 server.stop()?;

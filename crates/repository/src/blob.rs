@@ -96,9 +96,10 @@ impl BlobEncoder {
     }
 }
 
-/// Reusable per-thread state for opening blobs (a zstd context).
+/// Reusable per-thread state for opening blobs: a zstd context and a group buffer.
 pub struct BlobDecoder {
     decompressor: zstd::bulk::Decompressor<'static>,
+    group: Vec<u8>,
 }
 
 impl Default for BlobDecoder {
@@ -112,16 +113,19 @@ impl BlobDecoder {
     pub fn new() -> BlobDecoder {
         BlobDecoder {
             decompressor: zstd::bulk::Decompressor::new().expect("zstd context allocation"),
+            group: Vec::new(),
         }
     }
 
-    /// Opens a sealed blob whose group is `group_bytes` long; returns the group.
-    pub fn decode(
-        &mut self,
+    /// Opens a sealed blob where it lies (it is decrypted in place) and returns its group
+    /// of `group_bytes`: a part of `sealed` when stored, else the decoder's own buffer.
+    /// Nothing is copied or zero-filled on the way.
+    pub fn open<'a>(
+        &'a mut self,
         crypto: &Crypto,
-        sealed: Vec<u8>,
+        sealed: &'a mut [u8],
         group_bytes: u32,
-    ) -> Result<Vec<u8>, BlobError> {
+    ) -> Result<&'a [u8], BlobError> {
         if group_bytes as usize > MAXIMUM_GROUP_BYTES {
             return Err(BlobError::Length {
                 expected: group_bytes,
@@ -129,7 +133,7 @@ impl BlobDecoder {
             });
         }
         let plaintext = crypto
-            .open_in_place(CONTEXT, sealed)
+            .open_slice(CONTEXT, sealed)
             .map_err(|_| BlobError::Authentication)?;
         let Some((&compression, payload)) = plaintext.split_first() else {
             return Err(BlobError::Length {
@@ -137,16 +141,15 @@ impl BlobDecoder {
                 actual: 0,
             });
         };
-        let group = match compression {
-            STORED => payload.to_vec(),
+        let group: &[u8] = match compression {
+            STORED => payload,
             ZSTD => {
-                let mut group = vec![0u8; group_bytes as usize];
-                let length = self
-                    .decompressor
-                    .decompress_to_buffer(payload, &mut group)
+                self.group.clear();
+                self.group.reserve(group_bytes as usize);
+                self.decompressor
+                    .decompress_to_buffer(payload, &mut self.group)
                     .map_err(|e| BlobError::Decompression(e.to_string()))?;
-                group.truncate(length);
-                group
+                &self.group
             }
             other => return Err(BlobError::UnknownCompression(other)),
         };
@@ -157,6 +160,17 @@ impl BlobDecoder {
             });
         }
         Ok(group)
+    }
+
+    /// Opens a sealed blob whose group is `group_bytes` long; returns a copy of the group.
+    pub fn decode(
+        &mut self,
+        crypto: &Crypto,
+        mut sealed: Vec<u8>,
+        group_bytes: u32,
+    ) -> Result<Vec<u8>, BlobError> {
+        self.open(crypto, &mut sealed, group_bytes)
+            .map(<[u8]>::to_vec)
     }
 }
 

@@ -217,6 +217,43 @@ impl Crypto {
         buffer
     }
 
+    /// Opens a sealed object where it lies; returns the plaintext, a part of `sealed`.
+    pub fn open_slice<'a>(
+        &self,
+        associated_data: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], AuthenticationFailed> {
+        if sealed.len() < self.overhead_bytes() {
+            return Err(AuthenticationFailed);
+        }
+        let tag_start = sealed.len() - TAG_BYTES;
+        match &self.cipher {
+            Some(cipher) => {
+                let mut nonce_bytes = [0u8; NONCE_BYTES];
+                nonce_bytes.copy_from_slice(&sealed[..NONCE_BYTES]);
+                let mut tag_bytes = [0u8; TAG_BYTES];
+                tag_bytes.copy_from_slice(&sealed[tag_start..]);
+                let plaintext = &mut sealed[NONCE_BYTES..tag_start];
+                cipher
+                    .decrypt_inout_detached(
+                        &Nonce::from(nonce_bytes),
+                        associated_data,
+                        (&mut *plaintext).into(),
+                        &aes_gcm::Tag::from(tag_bytes),
+                    )
+                    .map_err(|_| AuthenticationFailed)?;
+                Ok(plaintext)
+            }
+            None => {
+                let (payload, checksum) = sealed.split_at_mut(tag_start);
+                if plain_checksum(associated_data, payload) != *checksum {
+                    return Err(AuthenticationFailed);
+                }
+                Ok(payload)
+            }
+        }
+    }
+
     /// Opens a sealed object, consuming its buffer; returns the plaintext.
     pub fn open_in_place(
         &self,

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! pack    := blob* ‖ header ‖ header_length (u32 LE) ‖ magic "LBPACK01"
-//! header  := seal("lifeboat-pack-header", entry_count (u32 LE) ‖ entry*)
-//! entry   := chunk id (32) ‖ blob offset (u32 LE) ‖ blob length (u32 LE)
-//!            ‖ group length (u32 LE) ‖ offset in group (u32 LE) ‖ chunk length (u32 LE)
+//! header  := seal("lifeboat-pack-header", groups)
+//! groups  := group count (u32 LE) ‖ group*
+//! group   := blob offset (u32 LE) ‖ blob length (u32 LE) ‖ group length (u32 LE)
+//!            ‖ member count (u32 LE) ‖ (chunk id (32) ‖ chunk length (u32 LE))*
 //! pack id := hex(BLAKE3(whole pack))
 //! ```
 //!
-//! There is one entry per chunk; the chunks of one blob (see `blob.rs`) share its offset
-//! and length.
+//! One record per blob, listing the chunks of its group in order: a chunk starts where the
+//! previous one ends, and the lengths add up to the group length. In memory each chunk is a
+//! [`PackEntry`] with the blob's place repeated.
 //!
 //! Packs keep object stores from drowning in small objects and make a directory listing of
 //! a large repository cheap. The header at the end makes every pack self-describing, so
@@ -21,8 +23,10 @@ use crate::crypto::{ChunkId, Crypto};
 
 /// Magic at the very end of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"LBPACK01";
-/// Bytes of one header entry.
-pub const ENTRY_BYTES: usize = 32 + 5 * 4;
+/// Bytes of one group record before its members.
+pub const GROUP_RECORD_BYTES: usize = 4 * 4;
+/// Bytes of one member of a group record.
+pub const MEMBER_BYTES: usize = 32 + 4;
 /// Bytes of the trailer (header length and magic).
 pub const TRAILER_BYTES: usize = 4 + 8;
 /// Packs are closed once they reach this size. Tens of MiB suit object storage; a local
@@ -33,7 +37,7 @@ pub const MAXIMUM_PACK_BYTES: usize = 1 << 30;
 /// Associated data of pack headers.
 const HEADER_CONTEXT: &[u8] = b"lifeboat-pack-header";
 
-const _: () = assert!(ENTRY_BYTES == 52);
+const _: () = assert!(GROUP_RECORD_BYTES == 16 && MEMBER_BYTES == 36);
 
 /// Where one chunk sits: in which blob of the pack, and where inside that blob's group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,36 +57,6 @@ pub struct PackEntry {
 }
 
 impl PackEntry {
-    /// Appends the 52-byte encoding.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.chunk.0);
-        for word in [
-            self.blob_offset,
-            self.blob_bytes,
-            self.group_bytes,
-            self.offset_in_group,
-            self.raw_bytes,
-        ] {
-            out.extend_from_slice(&word.to_le_bytes());
-        }
-    }
-
-    /// Reads one entry from exactly 52 bytes.
-    pub fn decode(bytes: &[u8]) -> PackEntry {
-        assert_eq!(bytes.len(), ENTRY_BYTES);
-        let mut chunk = [0u8; 32];
-        chunk.copy_from_slice(&bytes[..32]);
-        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        PackEntry {
-            chunk: ChunkId(chunk),
-            blob_offset: word(32),
-            blob_bytes: word(36),
-            group_bytes: word(40),
-            offset_in_group: word(44),
-            raw_bytes: word(48),
-        }
-    }
-
     /// True when the entry is self-consistent: the chunk lies inside its group and the
     /// group is no larger than any blob may hold.
     pub fn is_well_formed(&self) -> bool {
@@ -151,6 +125,18 @@ impl PackBuilder {
     pub fn add(&mut self, sealed: &[u8], group_bytes: u32, members: &[GroupMember]) {
         let blob_offset = u32::try_from(self.bytes.len()).expect("packs stay below 4 GiB");
         let blob_bytes = u32::try_from(sealed.len()).expect("blobs stay below 4 GiB");
+        let mut expected_offset = 0;
+        for member in members {
+            assert_eq!(
+                member.offset_in_group, expected_offset,
+                "group members are contiguous"
+            );
+            expected_offset += member.raw_bytes;
+        }
+        assert_eq!(
+            expected_offset, group_bytes,
+            "group members fill their group"
+        );
         self.bytes.extend_from_slice(sealed);
         for member in members {
             self.entries.push(PackEntry {
@@ -166,11 +152,8 @@ impl PackBuilder {
 
     /// Closes the pack: appends the sealed header and the trailer and names it.
     pub fn finish(mut self, crypto: &Crypto) -> FinishedPack {
-        let mut header = Vec::with_capacity(4 + self.entries.len() * ENTRY_BYTES);
-        header.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for entry in &self.entries {
-            entry.encode_into(&mut header);
-        }
+        let mut header = Vec::new();
+        encode_entries(&self.entries, &mut header);
         let sealed = crypto.seal(HEADER_CONTEXT, &header);
         self.bytes.extend_from_slice(&sealed);
         self.bytes
@@ -202,7 +185,10 @@ pub fn read_header(crypto: &Crypto, pack: &[u8]) -> Result<Vec<PackEntry>, Strin
     let header = crypto
         .open(HEADER_CONTEXT, &pack[blobs_end..pack.len() - TRAILER_BYTES])
         .map_err(|e| format!("pack header: {e}"))?;
-    let entries = decode_entries(&header)?;
+    let (entries, used) = decode_entries(&header)?;
+    if used != header.len() {
+        return Err("trailing bytes after the pack header's groups".to_string());
+    }
     for entry in &entries {
         let end = entry.blob_offset as usize + entry.blob_bytes as usize;
         if end > blobs_end {
@@ -215,23 +201,78 @@ pub fn read_header(crypto: &Crypto, pack: &[u8]) -> Result<Vec<PackEntry>, Strin
     Ok(entries)
 }
 
-/// Decodes `count ‖ entry*`.
-pub fn decode_entries(bytes: &[u8]) -> Result<Vec<PackEntry>, String> {
-    if bytes.len() < 4 {
-        return Err("entry list is truncated".to_string());
+/// Appends `groups` (see the module documentation) for `entries`, which hold every member
+/// of each blob, in order, blob after blob.
+pub fn encode_entries(entries: &[PackEntry], out: &mut Vec<u8>) {
+    let groups: Vec<&[PackEntry]> = entries
+        .chunk_by(|a, b| a.blob_offset == b.blob_offset)
+        .collect();
+    out.reserve(4 + groups.len() * GROUP_RECORD_BYTES + entries.len() * MEMBER_BYTES);
+    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    for group in groups {
+        let first = group[0];
+        for word in [
+            first.blob_offset,
+            first.blob_bytes,
+            first.group_bytes,
+            group.len() as u32,
+        ] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        for member in group {
+            out.extend_from_slice(&member.chunk.0);
+            out.extend_from_slice(&member.raw_bytes.to_le_bytes());
+        }
     }
-    let count = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    let body = &bytes[4..];
-    if body.len() != count * ENTRY_BYTES {
-        return Err(format!(
-            "entry list says {count} entries but holds {} bytes",
-            body.len()
-        ));
+}
+
+/// Decodes `groups` from the start of `bytes`; returns the entries and the bytes used.
+pub fn decode_entries(bytes: &[u8]) -> Result<(Vec<PackEntry>, usize), String> {
+    let word = |at: usize| -> Result<u32, String> {
+        bytes
+            .get(at..at + 4)
+            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
+            .ok_or_else(|| "group list is truncated".to_string())
+    };
+    let group_count = word(0)? as usize;
+    let mut at = 4;
+    let mut entries = Vec::new();
+    for _ in 0..group_count {
+        let blob_offset = word(at)?;
+        let blob_bytes = word(at + 4)?;
+        let group_bytes = word(at + 8)?;
+        let member_count = word(at + 12)? as usize;
+        at += GROUP_RECORD_BYTES;
+        let members_end = member_count
+            .checked_mul(MEMBER_BYTES)
+            .and_then(|length| length.checked_add(at))
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(|| "group list is truncated".to_string())?;
+        let mut offset_in_group = 0u64;
+        for member in bytes[at..members_end].chunks_exact(MEMBER_BYTES) {
+            let raw_bytes = u32::from_le_bytes(member[32..].try_into().expect("4 bytes"));
+            let entry = PackEntry {
+                chunk: ChunkId(member[..32].try_into().expect("32 bytes")),
+                blob_offset,
+                blob_bytes,
+                group_bytes,
+                offset_in_group: offset_in_group as u32,
+                raw_bytes,
+            };
+            if !entry.is_well_formed() {
+                return Err(format!("entry for chunk {} is malformed", entry.chunk));
+            }
+            offset_in_group += raw_bytes as u64;
+            entries.push(entry);
+        }
+        if member_count == 0 || offset_in_group != group_bytes as u64 {
+            return Err(format!(
+                "the group at blob offset {blob_offset} does not add up to its {group_bytes} bytes"
+            ));
+        }
+        at = members_end;
     }
-    Ok(body
-        .chunks_exact(ENTRY_BYTES)
-        .map(PackEntry::decode)
-        .collect())
+    Ok((entries, at))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! plaintext := magic "LBPIDX01" ‖ pack_count (u32 LE) ‖ pack*
-//! pack      := pack id (32 raw bytes) ‖ pack header entries (count ‖ entry*, see pack.rs)
+//! pack      := pack id (32 raw bytes) ‖ groups (as in the pack's header, see pack.rs)
 //! object    := seal("lifeboat-pack-index", plaintext)
 //! ```
 //!
@@ -11,7 +11,7 @@
 //! repository's chunk map (see `index.rs`).
 
 use crate::crypto::Crypto;
-use crate::pack::{ENTRY_BYTES, PackEntry, decode_entries};
+use crate::pack::{PackEntry, decode_entries, encode_entries};
 
 const MAGIC: &[u8; 8] = b"LBPIDX01";
 const CONTEXT: &[u8] = b"lifeboat-pack-index";
@@ -30,18 +30,14 @@ pub struct PackRecord {
 
 /// Encodes and seals a pack index.
 pub fn encode(crypto: &Crypto, packs: &[PackRecord]) -> Vec<u8> {
-    let entries: usize = packs.iter().map(|p| p.entries.len()).sum();
-    let mut plaintext = Vec::with_capacity(12 + packs.len() * 36 + entries * ENTRY_BYTES);
+    let mut plaintext = Vec::new();
     plaintext.extend_from_slice(MAGIC);
     plaintext.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for record in packs {
         let mut id = [0u8; 32];
         hex::decode_to_slice(&record.pack, &mut id).expect("pack ids are 64 hex digits");
         plaintext.extend_from_slice(&id);
-        plaintext.extend_from_slice(&(record.entries.len() as u32).to_le_bytes());
-        for entry in &record.entries {
-            entry.encode_into(&mut plaintext);
-        }
+        encode_entries(&record.entries, &mut plaintext);
     }
     crypto.seal(CONTEXT, &plaintext)
 }
@@ -61,19 +57,14 @@ pub fn decode(crypto: &Crypto, sealed: Vec<u8>) -> Result<Vec<PackRecord>, Strin
     let mut packs = Vec::with_capacity(count);
     let mut at = 12;
     for _ in 0..count {
-        if plaintext.len() < at + 36 {
+        if plaintext.len() < at + 32 {
             return Err("truncated pack record".to_string());
         }
         let pack = hex::encode(&plaintext[at..at + 32]);
-        let entry_count =
-            u32::from_le_bytes(plaintext[at + 32..at + 36].try_into().expect("4 bytes")) as usize;
-        let end = at + 36 + entry_count * ENTRY_BYTES;
-        if plaintext.len() < end {
-            return Err(format!("truncated entries of pack {pack}"));
-        }
-        let entries = decode_entries(&plaintext[at + 32..end])?;
+        let (entries, used) = decode_entries(&plaintext[at + 32..])
+            .map_err(|reason| format!("pack {pack}: {reason}"))?;
         packs.push(PackRecord { pack, entries });
-        at = end;
+        at += 32 + used;
     }
     if at != plaintext.len() {
         return Err("trailing bytes after the last pack record".to_string());
@@ -92,14 +83,32 @@ mod tests {
         let records = vec![
             PackRecord {
                 pack: "ab".repeat(32),
-                entries: vec![PackEntry {
-                    chunk: ChunkId([3; 32]),
-                    blob_offset: 0,
-                    blob_bytes: 100,
-                    group_bytes: 131072,
-                    offset_in_group: 65536,
-                    raw_bytes: 65536,
-                }],
+                entries: vec![
+                    PackEntry {
+                        chunk: ChunkId([3; 32]),
+                        blob_offset: 0,
+                        blob_bytes: 100,
+                        group_bytes: 131072,
+                        offset_in_group: 0,
+                        raw_bytes: 65536,
+                    },
+                    PackEntry {
+                        chunk: ChunkId([4; 32]),
+                        blob_offset: 0,
+                        blob_bytes: 100,
+                        group_bytes: 131072,
+                        offset_in_group: 65536,
+                        raw_bytes: 65536,
+                    },
+                    PackEntry {
+                        chunk: ChunkId([5; 32]),
+                        blob_offset: 100,
+                        blob_bytes: 40,
+                        group_bytes: 512,
+                        offset_in_group: 0,
+                        raw_bytes: 512,
+                    },
+                ],
             },
             PackRecord {
                 pack: "cd".repeat(32),

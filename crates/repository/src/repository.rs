@@ -498,40 +498,39 @@ impl Repository {
         Ok(records)
     }
 
+    /// Every quarantined copy, as (chunk, pack).
+    pub fn quarantined_copies(&self) -> Result<HashSet<(ChunkId, String)>> {
+        Ok(self
+            .list_quarantine()?
+            .into_iter()
+            .filter_map(|record| Some((record.chunk_id()?, record.pack)))
+            .collect())
+    }
+
     /// The chunk map a backup may deduplicate against: every copy except quarantined ones
     /// and those in packs awaiting deletion.
     pub fn load_dedup_index(&self) -> Result<LoadedIndex> {
-        let mut loaded = self.load_index()?;
-        let quarantined: HashSet<(ChunkId, String)> = self
-            .list_quarantine()?
-            .into_iter()
-            .filter_map(|r| Some((r.chunk_id()?, r.pack)))
-            .collect();
         let doomed: HashSet<String> = self
             .list_garbage()?
             .into_iter()
             .flat_map(|(_, record)| record.packs)
             .collect();
-        if !quarantined.is_empty() || !doomed.is_empty() {
-            loaded.chunks.remove_where(|chunk, pack| {
-                doomed.contains(pack) || quarantined.contains(&(*chunk, pack.to_string()))
-            });
-        }
-        Ok(loaded)
+        self.load_index_without(&doomed)
     }
 
     /// The chunk map for reading: every copy except quarantined ones.
     pub fn load_read_index(&self) -> Result<LoadedIndex> {
+        self.load_index_without(&HashSet::new())
+    }
+
+    /// Every copy except quarantined ones and those in `excluded_packs`.
+    fn load_index_without(&self, excluded_packs: &HashSet<String>) -> Result<LoadedIndex> {
         let mut loaded = self.load_index()?;
-        let quarantined: HashSet<(ChunkId, String)> = self
-            .list_quarantine()?
-            .into_iter()
-            .filter_map(|r| Some((r.chunk_id()?, r.pack)))
-            .collect();
-        if !quarantined.is_empty() {
-            loaded
-                .chunks
-                .remove_where(|chunk, pack| quarantined.contains(&(*chunk, pack.to_string())));
+        let quarantined = self.quarantined_copies()?;
+        if !quarantined.is_empty() || !excluded_packs.is_empty() {
+            loaded.chunks.remove_where(|chunk, pack| {
+                excluded_packs.contains(pack) || quarantined.contains(&(*chunk, pack.to_string()))
+            });
         }
         Ok(loaded)
     }
