@@ -216,12 +216,16 @@ pub fn backup(
 
     // Start change tracking for the new point before reading: writes that land after this
     // are recorded for the next backup.
+    let mut refused = None;
     if options.change_tracking {
         for disk in work.iter_mut().filter(|d| d.info.format == Format::Qcow2) {
             let name = format!("{}{}", bitmap_prefix(repository), &point[..16]);
             match bitmap::add(&disk.info.path, &name, repository.chunk_size_bytes()) {
                 Ok(()) => disk.new_bitmap = Some(name),
-                Err(error @ DiskError::InUse { .. }) => return Err(error.into()),
+                Err(error @ DiskError::InUse { .. }) => {
+                    refused = Some(error.into());
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(disk = %disk.name, %error, "cannot add a dirty bitmap; the next backup of this disk reads it in full");
                 }
@@ -237,14 +241,17 @@ pub fn backup(
         parent,
         started,
     };
-    let result = backup_locked(
-        repository,
-        options,
-        progress,
-        &identity,
-        &mut work,
-        &dedup.chunks,
-    );
+    let result = match refused {
+        Some(error) => Err(error),
+        None => backup_locked(
+            repository,
+            options,
+            progress,
+            &identity,
+            &mut work,
+            &dedup.chunks,
+        ),
+    };
     // Change tracking follows the outcome: on success the old bitmaps go, on failure the new.
     for disk in &work {
         let prefix = bitmap_prefix(repository);
