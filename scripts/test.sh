@@ -22,6 +22,12 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# A real S3-compatible server for the object storage tests, keeping objects on disk so it
+# survives being killed and restarted.
+if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+    cargo install --quiet --locked s3s-fs --version =0.14.1 --features binary
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -18,9 +18,18 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalOptions {
-    /// The repository: a directory.
+    /// The repository: a directory, or s3://BUCKET/PREFIX (endpoint, region and
+    /// credentials from the AWS_* environment variables). Overrides --region.
     #[arg(long = "repo", short = 'r', env = "LIFEBOAT_REPO", global = true)]
-    pub repository: Option<PathBuf>,
+    pub repository: Option<String>,
+
+    /// The configuration file with the regions (default: ./lifeboat.toml if it exists).
+    #[arg(long, env = "LIFEBOAT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Use this region's active repository (from the configuration file).
+    #[arg(long, env = "LIFEBOAT_REGION", global = true)]
+    pub region: Option<String>,
 
     /// Read the repository password from this file (first line). Otherwise the password
     /// comes from the environment variable LIFEBOAT_PASSWORD.
@@ -54,6 +63,55 @@ pub enum Command {
     Prune(PruneArguments),
     /// Serve a point read-only over NBD, one export per disk.
     Export(ExportArguments),
+    /// Copy every point the geo copy lacks, whole and checked (once, or with --follow).
+    GeoSync(GeoSyncArguments),
+    /// Show each region: reachable, points and bytes behind, last sync time.
+    Status(StatusArguments),
+    /// Storage failover and reprotect of a region.
+    #[command(subcommand)]
+    Region(RegionCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct GeoSyncArguments {
+    /// Copy --repo (or the --region's active repository) to this location instead of the
+    /// region's configured copy.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Keep copying: a round every --interval seconds until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// Seconds between rounds with --follow.
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+    /// Packs copied at once.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArguments {}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// Promote the region's geo copy to be its repository (its primary is unreachable).
+    Failover(RegionFailoverArguments),
+    /// Make the old primary of a failed-over region its geo copy again and copy to it.
+    Reprotect(RegionReprotectArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct RegionFailoverArguments {
+    /// Fail over even though the primary repository answers (points not yet copied are lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegionReprotectArguments {
+    /// Packs copied at once.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -167,7 +225,8 @@ pub struct ExportArguments {
     /// The VM, for `latest`.
     #[arg(long)]
     pub vm: Option<String>,
-    /// Where to listen: HOST:PORT for TCP, or unix:PATH for a Unix socket.
+    /// Where to listen: HOST:PORT for TCP, or unix:PATH for a Unix socket. The export is
+    /// read-only and unauthenticated: listen on localhost or a trusted network.
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub listen: String,
 }

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Command::Forget(arguments) => commands::forget::run(&cli.global, arguments),
         Command::Prune(arguments) => commands::prune::run(&cli.global, arguments),
         Command::Export(arguments) => commands::export::run(&cli.global, arguments),
+        Command::GeoSync(arguments) => commands::geo_sync::run(&cli.global, arguments),
+        Command::Status(arguments) => commands::status::run(&cli.global, arguments),
+        Command::Region(command) => commands::region::run(&cli.global, command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,14 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `value` as JSON on one line (one line per event, for commands that keep going).
+pub fn print_json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    use std::io::Write;
+    println!("{}", serde_json::to_string(value)?);
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
 /// Prints an error with its causes; with `--json`, also as `{"error": …}` on standard output.
 pub fn print_error(error: &anyhow::Error, json: bool) {
     let message = format!("{error:#}");

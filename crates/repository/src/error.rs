@@ -12,7 +12,7 @@
 //!   error naming it, not a retry that hides it.
 
 use crate::crypto::ChunkId;
-use crate::storage::{ObjectKind, StorageError};
+use lifeboat_storage::{ObjectKind, StorageError};
 
 /// Result alias for the repository crate.
 pub type Result<T, E = RepositoryError> = std::result::Result<T, E>;

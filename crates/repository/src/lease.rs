@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RepositoryError, Result};
-use crate::storage::{ObjectKind, Storage};
+use lifeboat_storage::{ObjectKind, Storage};
 
 /// How often a held lease is rewritten.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -254,7 +254,7 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::LocalDirectory;
+    use lifeboat_storage::LocalDirectory;
 
     #[test]
     fn a_held_lease_refuses_a_second_holder_and_is_released_on_drop() {

@@ -17,8 +17,6 @@
 //! | `lease.rs`      | `locks/<name>`: running writers                                 |
 //! | `quarantine.rs` | `quarantine/<chunk>-<pack>`: damaged blobs, kept as evidence    |
 //! | `garbage.rs`    | `garbage/<id>`: packs awaiting the second phase of deletion     |
-//! | `storage.rs`    | the [`Storage`] trait every backend implements                 |
-//! | `local.rs`      | the local-directory backend                                     |
 //! | `crypto.rs`     | sealing (AES-256-GCM or checksums) and chunk ids (BLAKE3)       |
 //! | `index.rs`      | the in-memory chunk map built from the pack indexes             |
 //! | `repository.rs` | [`Repository`]: open/init and typed object access               |
@@ -39,8 +37,9 @@
 //!
 //! # What this crate must not know
 //!
-//! Nothing about VMs beyond a name, disk image formats, QEMU, NBD, HTTP, or async runtimes.
-//! It stores bytes and points; the backup crate decides what goes in.
+//! Nothing about VMs beyond a name, disk image formats, QEMU, NBD, HTTP, or async runtimes;
+//! nothing about where objects live (that is `lifeboat-storage`). It stores bytes and
+//! points; the backup crate decides what goes in.
 
 pub mod blob;
 pub mod config;
@@ -51,13 +50,11 @@ pub mod garbage;
 pub mod index;
 pub mod key_file;
 pub mod lease;
-pub mod local;
 pub mod manifest;
 pub mod pack;
 pub mod pack_index;
 pub mod quarantine;
 pub mod repository;
-pub mod storage;
 
 pub use blob::{BlobDecoder, BlobEncoder};
 pub use config::{Encryption, RepositoryConfig};
@@ -65,7 +62,6 @@ pub use crypto::{ChunkId, Crypto};
 pub use disk_index::DiskIndex;
 pub use error::{RepositoryError, Result};
 pub use index::{ChunkIndex, ChunkLocation, ChunkMap, ChunkSet};
-pub use local::LocalDirectory;
+pub use lifeboat_storage::{LocalDirectory, ObjectInfo, ObjectKind, Storage, StorageError};
 pub use manifest::{BackupStatistics, Consistency, DiskEntry, Manifest};
 pub use repository::{DamagedObject, InitOptions, LoadedIndex, PointList, Repository};
-pub use storage::{ObjectInfo, ObjectKind, Storage, StorageError};

@@ -17,7 +17,7 @@ use crate::manifest::Manifest;
 use crate::pack::FinishedPack;
 use crate::pack_index::{self, PackRecord};
 use crate::quarantine::QuarantineRecord;
-use crate::storage::{ObjectKind, Storage};
+use lifeboat_storage::{ObjectKind, Storage};
 
 /// What `init` needs to know.
 #[derive(Clone, Debug)]
@@ -185,6 +185,16 @@ impl Repository {
     /// Sealing, opening and chunk ids for this repository.
     pub fn crypto(&self) -> &Crypto {
         &self.crypto
+    }
+
+    /// The same repository (configuration and keys) on other storage: an exact copy of it,
+    /// such as its geo copy.
+    pub fn on_storage(&self, storage: Arc<dyn Storage>) -> Repository {
+        Repository {
+            storage,
+            config: self.config.clone(),
+            crypto: self.crypto.clone(),
+        }
     }
 
     /// The backend.

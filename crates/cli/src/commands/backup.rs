@@ -7,7 +7,7 @@ use crate::output::{bytes, print_json, rate};
 use crate::progress::Bar;
 
 pub fn run(global: &GlobalOptions, arguments: &BackupArguments) -> anyhow::Result<u8> {
-    let repository = crate::repository::open(global)?;
+    let repository = crate::repository::open(global, crate::repository::Access::Write)?;
     let mut options = BackupOptions::new(arguments.vm.clone(), arguments.disks.clone());
     options.change_tracking = !arguments.full;
     options.compression_level = arguments.compression_level;

@@ -11,7 +11,10 @@ use serde_json::json;
 use crate::cli::{ExportArguments, GlobalOptions};
 
 pub fn run(global: &GlobalOptions, arguments: &ExportArguments) -> anyhow::Result<u8> {
-    let repository = Arc::new(crate::repository::open(global)?);
+    let repository = Arc::new(crate::repository::open(
+        global,
+        crate::repository::Access::Read,
+    )?);
     let manifest = resolve_point(&repository, &arguments.point, arguments.vm.as_deref())?;
     let server = Arc::new(point_server(Arc::clone(&repository), &manifest)?);
     let names = server.export_names();

@@ -6,7 +6,7 @@ use crate::cli::{ForgetArguments, GlobalOptions};
 use crate::output::print_json;
 
 pub fn run(global: &GlobalOptions, arguments: &ForgetArguments) -> anyhow::Result<u8> {
-    let repository = crate::repository::open(global)?;
+    let repository = crate::repository::open(global, crate::repository::Access::Write)?;
     let policy = RetentionPolicy {
         keep_last: arguments.keep_last,
         keep_hourly: arguments.keep_hourly,

@@ -15,7 +15,7 @@ pub fn run(global: &GlobalOptions, arguments: &InitArguments) -> anyhow::Result<
     let chunk_size_bytes = u32::try_from(arguments.chunk_size)
         .map_err(|_| anyhow::anyhow!("chunk size {} is too large", arguments.chunk_size))?;
     let repository = Repository::init(
-        storage(global)?,
+        storage(global, crate::repository::Access::Write)?,
         InitOptions {
             encryption,
             password: password(global)?,

@@ -3,10 +3,13 @@
 pub mod backup;
 pub mod export;
 pub mod forget;
+pub mod geo_sync;
 pub mod init;
 pub mod points;
 pub mod prune;
+pub mod region;
 pub mod restore;
+pub mod status;
 pub mod verify;
 
 /// Worker threads for CPU-bound stages: one per core.

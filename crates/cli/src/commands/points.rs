@@ -28,7 +28,7 @@ struct PointLine<'a> {
 }
 
 pub fn run(global: &GlobalOptions, arguments: &PointsArguments) -> anyhow::Result<u8> {
-    let repository = crate::repository::open(global)?;
+    let repository = crate::repository::open(global, crate::repository::Access::Read)?;
     let list = repository.list_points()?;
     for damaged in &list.damaged {
         eprintln!(

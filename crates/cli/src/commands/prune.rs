@@ -6,7 +6,7 @@ use crate::cli::{GlobalOptions, PruneArguments};
 use crate::output::{bytes, print_json};
 
 pub fn run(global: &GlobalOptions, _arguments: &PruneArguments) -> anyhow::Result<u8> {
-    let repository = crate::repository::open(global)?;
+    let repository = crate::repository::open(global, crate::repository::Access::Write)?;
     let report = prune(&repository)?;
     if global.json {
         print_json(&report)?;

@@ -8,7 +8,7 @@ use crate::output::{bytes, print_json, rate};
 use crate::progress::Bar;
 
 pub fn run(global: &GlobalOptions, arguments: &RestoreArguments) -> anyhow::Result<u8> {
-    let repository = crate::repository::open(global)?;
+    let repository = crate::repository::open(global, crate::repository::Access::Read)?;
     let manifest = resolve_point(&repository, &arguments.point, arguments.vm.as_deref())?;
     let format = arguments.format.map(|choice| match choice {
         FormatChoice::Raw => Format::Raw,

@@ -8,7 +8,7 @@ use crate::output::{bytes, print_json};
 use crate::progress::Bar;
 
 pub fn run(global: &GlobalOptions, arguments: &VerifyArguments) -> anyhow::Result<u8> {
-    let repository = crate::repository::open(global)?;
+    let repository = crate::repository::open(global, crate::repository::Access::Write)?;
     let report = verify(
         &repository,
         arguments.read_data,

@@ -36,11 +36,13 @@ pub enum ObjectKind {
     Quarantine,
     /// Packs that prune found unreferenced, waiting for the second phase of deletion.
     Garbage,
+    /// In a geo copy: how far the copy has caught up with its source.
+    GeoStatus,
 }
 
 impl ObjectKind {
     /// Every kind, for listing a whole repository.
-    pub const ALL: [ObjectKind; 9] = [
+    pub const ALL: [ObjectKind; 10] = [
         ObjectKind::Config,
         ObjectKind::Key,
         ObjectKind::Pack,
@@ -50,6 +52,7 @@ impl ObjectKind {
         ObjectKind::Lock,
         ObjectKind::Quarantine,
         ObjectKind::Garbage,
+        ObjectKind::GeoStatus,
     ];
 
     /// The directory (or key prefix) of this kind inside the repository.
@@ -64,6 +67,7 @@ impl ObjectKind {
             ObjectKind::Lock => "locks",
             ObjectKind::Quarantine => "quarantine",
             ObjectKind::Garbage => "garbage",
+            ObjectKind::GeoStatus => "geo-status",
         }
     }
 
@@ -86,6 +90,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Lock => "lock",
             ObjectKind::Quarantine => "quarantine record",
             ObjectKind::Garbage => "garbage record",
+            ObjectKind::GeoStatus => "geo copy status",
         };
         f.write_str(name)
     }
@@ -127,6 +132,22 @@ pub enum StorageError {
     },
     #[error("permission denied on {path} of repository {location}")]
     PermissionDenied { location: String, path: String },
+    #[error(
+        "access to repository {location} was denied ({detail}); check the credentials \
+         (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the region's storage settings) and the bucket policy"
+    )]
+    AccessDenied { location: String, detail: String },
+    #[error(
+        "bucket '{bucket}' of repository {location} does not exist; create it, or correct the repository location"
+    )]
+    NoBucket { location: String, bucket: String },
+    #[error("{operation} {path} of repository {location} failed after retries: {detail}")]
+    Unreachable {
+        location: String,
+        operation: &'static str,
+        path: String,
+        detail: String,
+    },
     #[error("{operation} {path} of repository {location} failed: {source}")]
     Io {
         location: String,
@@ -152,6 +173,12 @@ impl StorageError {
     /// True when the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// True when the storage could not be reached or did not answer (as opposed to
+    /// answering that something is wrong).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StorageError::Unreachable { .. })
     }
 
     /// True when a create-if-absent write found the object already there.

@@ -221,7 +221,7 @@ fn is_no_space(error: &std::io::Error) -> bool {
 
 fn random_suffix() -> String {
     let mut bytes = [0u8; 8];
-    crate::crypto::fill_random(&mut bytes);
+    getrandom::fill(&mut bytes).expect("the operating system's random generator works");
     hex::encode(bytes)
 }
 

@@ -1,0 +1,403 @@
+//! Lifeboat's configuration file, `lifeboat.toml`: regions with their repositories, their
+//! paired region and their redundancy. The format is documented in `docs/configuration.md`.
+//!
+//! # Design
+//!
+//! Parsing and validation happen here, once, and every error names the file, the line and
+//! the key, so an operator fixes a broken file without guessing. The rest of Lifeboat sees
+//! only checked values: a region's pair exists, names are unique, locations are not empty.
+//!
+//! # What this crate must not know
+//!
+//! How repositories are opened or copied; it only names them.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default file name, looked for in the working directory.
+pub const DEFAULT_FILE_NAME: &str = "lifeboat.toml";
+
+/// How a region's repository is protected against the loss of the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redundancy {
+    /// One copy, in the region.
+    Local,
+    /// Every point is copied to the paired region.
+    Geo,
+    /// As `Geo`, and restores read the copy while the primary is unreachable.
+    GeoRead,
+}
+
+impl Redundancy {
+    /// The name as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Redundancy::Local => "local",
+            Redundancy::Geo => "geo",
+            Redundancy::GeoRead => "geo-read",
+        }
+    }
+
+    /// True when points are copied to the paired region.
+    pub fn has_copy(self) -> bool {
+        self != Redundancy::Local
+    }
+}
+
+/// One region, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub name: String,
+    /// Where the region's repository lives: a directory or `s3://bucket/prefix`.
+    pub repository: String,
+    /// The paired region, if any.
+    pub pair: Option<String>,
+    pub redundancy: Redundancy,
+    /// Where this region's geo copy lives (in the paired region); set for `geo` and
+    /// `geo-read`. Defaults to `copies/<name>` under the paired region's repository.
+    pub geo_copy: Option<String>,
+    /// Object storage settings for locations in this region (`aws_endpoint`, …).
+    pub storage: Vec<(String, String)>,
+    /// A command run after a storage failover of this region, the hook for DNS.
+    pub on_storage_failover: Option<String>,
+}
+
+/// The whole file, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Where Lifeboat keeps its state (which copy of each region is active).
+    pub state_directory: PathBuf,
+    pub regions: Vec<Region>,
+}
+
+impl Config {
+    /// The region called `name`.
+    pub fn region(&self, name: &str) -> Result<&Region, ConfigError> {
+        self.regions
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ConfigError::UnknownRegion {
+                path: self.path.clone(),
+                region: name.to_string(),
+                known: self
+                    .regions
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// What is wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}, line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path} has no region '{region}' (it has: {known})")]
+    UnknownRegion {
+        path: PathBuf,
+        region: String,
+        known: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    settings: Option<Spanned<Settings>>,
+    #[serde(default)]
+    region: Vec<Spanned<RegionEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionEntry {
+    name: Spanned<String>,
+    repository: Spanned<String>,
+    pair: Option<Spanned<String>>,
+    #[serde(default = "local")]
+    redundancy: Spanned<Redundancy>,
+    geo_copy: Option<Spanned<String>>,
+    #[serde(default)]
+    storage: BTreeMap<String, String>,
+    on_storage_failover: Option<String>,
+}
+
+fn local() -> Spanned<Redundancy> {
+    Spanned::new(0..0, Redundancy::Local)
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and checks `text`, read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let invalid = |span: Range<usize>, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        message,
+    };
+    let file: File = toml::from_str(text).map_err(|error| {
+        invalid(
+            error.span().unwrap_or(0..0),
+            error.message().trim().to_string(),
+        )
+    })?;
+    let mut regions: Vec<Region> = Vec::new();
+    for entry in &file.region {
+        let span = entry.span();
+        let entry = entry.get_ref();
+        let name = entry.name.get_ref().trim();
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(invalid(
+                entry.name.span(),
+                format!("region name '{name}' must be a non-empty word without '/'"),
+            ));
+        }
+        if regions.iter().any(|r| r.name == name) {
+            return Err(invalid(
+                entry.name.span(),
+                format!("key 'name': region '{name}' is defined twice"),
+            ));
+        }
+        if entry.repository.get_ref().trim().is_empty() {
+            return Err(invalid(
+                entry.repository.span(),
+                format!("key 'repository' of region '{name}' is empty"),
+            ));
+        }
+        let redundancy = *entry.redundancy.get_ref();
+        if redundancy.has_copy() && entry.pair.is_none() {
+            let at = if entry.redundancy.span().is_empty() {
+                span.clone()
+            } else {
+                entry.redundancy.span()
+            };
+            return Err(invalid(
+                at,
+                format!(
+                    "key 'redundancy': region '{name}' is '{}' but has no 'pair' to copy to",
+                    redundancy.as_str()
+                ),
+            ));
+        }
+        regions.push(Region {
+            name: name.to_string(),
+            repository: entry.repository.get_ref().trim().to_string(),
+            pair: entry.pair.as_ref().map(|p| p.get_ref().trim().to_string()),
+            redundancy,
+            geo_copy: entry
+                .geo_copy
+                .as_ref()
+                .map(|c| c.get_ref().trim().to_string()),
+            storage: entry
+                .storage
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            on_storage_failover: entry.on_storage_failover.clone(),
+        });
+    }
+    // Pairs must name known regions; copies default to a place in the pair's repository.
+    for (index, entry) in file.region.iter().enumerate() {
+        let Some(pair) = &entry.get_ref().pair else {
+            continue;
+        };
+        let pair_name = pair.get_ref().trim();
+        let Some(paired) = regions.iter().find(|r| r.name == pair_name) else {
+            return Err(invalid(
+                pair.span(),
+                format!("key 'pair': there is no region '{pair_name}'"),
+            ));
+        };
+        if paired.name == regions[index].name {
+            return Err(invalid(
+                pair.span(),
+                "key 'pair': a region cannot be paired with itself".to_string(),
+            ));
+        }
+        let default_copy = format!(
+            "{}/copies/{}",
+            paired.repository.trim_end_matches('/'),
+            regions[index].name
+        );
+        let region = &mut regions[index];
+        if region.redundancy.has_copy() && region.geo_copy.is_none() {
+            region.geo_copy = Some(default_copy);
+        }
+        if let (Some(copy), Some(spanned)) = (&region.geo_copy, &entry.get_ref().geo_copy)
+            && copy == &region.repository
+        {
+            return Err(invalid(
+                spanned.span(),
+                "key 'geo_copy': the copy cannot be the repository itself".to_string(),
+            ));
+        }
+    }
+    let directory = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let state_directory = match file
+        .settings
+        .as_ref()
+        .and_then(|s| s.get_ref().state.clone())
+    {
+        Some(state) => directory.join(state),
+        None => directory.join("lifeboat-state"),
+    };
+    Ok(Config {
+        path: path.to_path_buf(),
+        state_directory,
+        regions,
+    })
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/etc/lifeboat/lifeboat.toml"), text)
+    }
+
+    const PAIR: &str = r#"
+[[region]]
+name = "west"
+repository = "/srv/lifeboat/west"
+pair = "east"
+redundancy = "geo-read"
+
+[[region]]
+name = "east"
+repository = "s3://east-bucket/lifeboat"
+pair = "west"
+redundancy = "geo"
+geo_copy = "/srv/lifeboat/west-side/copies/east"
+storage = { aws_endpoint = "http://127.0.0.1:9000", aws_allow_http = "true" }
+on_storage_failover = "/usr/local/bin/move-dns"
+"#;
+
+    #[test]
+    fn a_paired_configuration_is_read_with_defaults_filled_in() {
+        let config = parse_text(PAIR).unwrap();
+        let west = config.region("west").unwrap();
+        assert_eq!(west.redundancy, Redundancy::GeoRead);
+        assert_eq!(
+            west.geo_copy.as_deref(),
+            Some("s3://east-bucket/lifeboat/copies/west")
+        );
+        let east = config.region("east").unwrap();
+        assert_eq!(
+            east.geo_copy.as_deref(),
+            Some("/srv/lifeboat/west-side/copies/east")
+        );
+        assert_eq!(
+            east.storage[0],
+            ("aws_allow_http".to_string(), "true".to_string())
+        );
+        assert_eq!(
+            config.state_directory,
+            Path::new("/etc/lifeboat/lifeboat-state")
+        );
+        assert!(
+            config
+                .region("north")
+                .unwrap_err()
+                .to_string()
+                .contains("has no region 'north' (it has: west, east)")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let unknown_pair = PAIR.replace("pair = \"west\"", "pair = \"north\"");
+        let error = parse_text(&unknown_pair).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "/etc/lifeboat/lifeboat.toml, line 11: key 'pair': there is no region 'north'"
+        );
+
+        let bad_redundancy = PAIR.replace("\"geo-read\"", "\"triple\"");
+        let error = parse_text(&bad_redundancy).unwrap_err().to_string();
+        assert!(
+            error.starts_with("/etc/lifeboat/lifeboat.toml, line 6: unknown variant `triple`"),
+            "{error}"
+        );
+
+        let unknown_key = PAIR.replace("redundancy = \"geo\"", "redundency = \"geo\"");
+        let error = parse_text(&unknown_key).unwrap_err().to_string();
+        assert!(
+            error.contains("line 12") && error.contains("redundency"),
+            "{error}"
+        );
+
+        let twice = PAIR.replace("name = \"east\"", "name = \"west\"");
+        let error = parse_text(&twice).unwrap_err().to_string();
+        assert!(
+            error.contains("line 9") && error.contains("defined twice"),
+            "{error}"
+        );
+
+        let no_pair = "[[region]]\nname = \"solo\"\nrepository = \"/r\"\nredundancy = \"geo\"\n";
+        let error = parse_text(no_pair).unwrap_err().to_string();
+        assert!(
+            error.contains("line 4") && error.contains("no 'pair'"),
+            "{error}"
+        );
+
+        let broken = "[[region]\nname = 1\n";
+        let error = parse_text(broken).unwrap_err().to_string();
+        assert!(
+            error.starts_with("/etc/lifeboat/lifeboat.toml, line 1:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = load(Path::new("/nonexistent/lifeboat.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cannot read configuration file /nonexistent/lifeboat.toml"),
+            "{error}"
+        );
+    }
+}
