@@ -629,3 +629,54 @@ fn independent_copies_of_two_disks_disagree_while_every_geo_copied_point_is_cons
         );
     }
 }
+
+#[test]
+fn geo_sync_follow_copies_new_points_as_they_are_made() {
+    let harness = Harness::new();
+    let disk = harness.copy_image("random.raw");
+    let copy = harness.path("copy");
+    let mut follower = harness
+        .command()
+        .args([
+            "--json",
+            "geo-sync",
+            "--to",
+            copy.to_str().unwrap(),
+            "--follow",
+            "--interval",
+            "0.1",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for round in 0..3 {
+        common::random_writes(&disk, 10, round);
+        let point = text(&harness.backup("vm", &[&disk]), "point");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !copy.join("points").join(&point).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "point {point} never reached the copy"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "--follow keeps running"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    let copied = Harness {
+        directory: tempfile::tempdir().unwrap(),
+        repository: copy,
+        password: harness.password.clone(),
+    };
+    assert_eq!(
+        copied.json(&["verify", "--read-data"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
