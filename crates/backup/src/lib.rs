@@ -15,6 +15,9 @@
 //!
 //! ¹ A point forgotten and pruned while it is being restored fails that restore cleanly.
 //!
+//! A geo-sync round reads its source like a restore and writes its copy like a backup,
+//! under the copy's `geo-sync` lease.
+//!
 //! # What this crate must not know
 //!
 //! Command-line parsing, terminals, JSON printing, HTTP. It reports progress through the

@@ -680,3 +680,45 @@ fn geo_sync_follow_copies_new_points_as_they_are_made() {
         0
     );
 }
+
+#[test]
+fn a_second_geo_sync_into_the_same_copy_is_refused_while_one_runs() {
+    let harness = Harness::new();
+    let disk = harness.copy_image("random.raw");
+    harness.backup("vm", &[&disk]);
+    let copy = harness.path("copy");
+    let copy_location = copy.display().to_string();
+    harness.json(&["geo-sync", "--to", &copy_location]);
+    // A round running on another host holds the copy's lease (format: docs/repository-format.md).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let holder = serde_json::json!({
+        "operation": "geo-sync",
+        "host": "east-1",
+        "pid": 4242,
+        "process_start_ticks": 1,
+        "started_unix_ms": now,
+        "refreshed_unix_ms": now,
+    });
+    let lease = copy.join("locks").join("geo-sync");
+    std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
+    std::fs::write(&lease, holder.to_string()).unwrap();
+    harness.backup("vm", &[&disk]);
+    let error = harness.fails(&["geo-sync", "--to", &copy_location]);
+    assert!(
+        error.contains("is locked by geo-sync by pid 4242 on host east-1"),
+        "{error}"
+    );
+    assert_eq!(
+        point_names(&copy).len(),
+        1,
+        "nothing copied beside the holder"
+    );
+    // Once the holder is done, the next round copies the new point.
+    std::fs::remove_file(&lease).unwrap();
+    let report = harness.json(&["geo-sync", "--to", &copy_location]);
+    assert_eq!(report["points_copied"].as_array().unwrap().len(), 1);
+    assert_eq!(point_names(&copy), point_names(&harness.repository));
+}

@@ -20,6 +20,9 @@
 //! Killed or cut off at any step, the next round starts over and skips what is already
 //! in the copy: objects are immutable and written create-if-absent, so a present pack is a
 //! whole, verified pack.
+//!
+//! A round holds the copy's `geo-sync` lease: one round at a time, and a prune of the copy
+//! waits for it as it waits for a backup (packs written, not yet indexed, are not garbage).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -149,6 +152,9 @@ pub fn geo_sync(
     options: &SyncOptions,
 ) -> Result<SyncReport> {
     let started = Instant::now();
+    // Like a backup, a round writes packs before the index and manifest that make them
+    // needed: prune in the copy must wait for it.
+    let _lease = copy.lock_geo_sync()?;
     let mut report = SyncReport {
         source: source.location(),
         destination: copy.location(),

@@ -11,6 +11,7 @@
 //! |-----------|--------------------------|-------------------------------------------------|
 //! | backup    | `backup-<vm hash>`, exclusive per VM | backups of other VMs, restore, verify, prune |
 //! | prune     | `prune`, exclusive       | backups, restores, verify                        |
+//! | geo-sync into a copy | `geo-sync`, exclusive | prune of the copy (which waits for it)     |
 //! | read-only | none                     | everything                                       |
 //!
 //! Prune reads every live lease to decide when the second phase of a deletion is safe

@@ -442,6 +442,17 @@ impl Repository {
         )
     }
 
+    /// Takes the lease of a geo-sync writing into this repository: one at a time, and prune
+    /// (here, in the copy) waits for it like for a backup.
+    pub fn lock_geo_sync(&self) -> Result<Lease> {
+        Lease::acquire(
+            Arc::clone(&self.storage),
+            "geo-sync",
+            "geo-sync",
+            &format!("geo-sync into {}", self.location()),
+        )
+    }
+
     /// Takes the repository's exclusive prune lease.
     pub fn lock_prune(&self) -> Result<Lease> {
         Lease::acquire(Arc::clone(&self.storage), "prune", "prune", "prune")
