@@ -6,13 +6,13 @@
 //! interrupted restore never leaves a file under the final name that looks complete.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use lifeboat_directio::DirectWriter;
 use lifeboat_nbd::{Client, NbdError};
 
 use crate::error::{DiskError, Result};
@@ -21,9 +21,13 @@ use crate::inspect::classify_qemu_error;
 use crate::qemu_nbd::{QemuNbd, ServeOptions};
 
 enum Writer {
-    /// Positional writes: any number of threads at once; `unflushed` counts bytes written
-    /// since write-back was last started.
-    Raw { file: File, unflushed: AtomicU64 },
+    /// Positional writes from any number of threads at once, aligned ones bypassing the
+    /// page cache; `unflushed` counts bytes written through the page cache since write-back
+    /// was last started.
+    Raw {
+        file: DirectWriter,
+        unflushed: AtomicU64,
+    },
     /// One NBD connection, taken in turn.
     Nbd(Box<(Mutex<Client>, QemuNbd)>),
 }
@@ -83,7 +87,7 @@ impl TargetDisk {
                         detail: format!("cannot create {}: {e}", temporary_path.display()),
                     })?;
                 Writer::Raw {
-                    file,
+                    file: DirectWriter::open(&temporary_path, file),
                     unflushed: AtomicU64::new(0),
                 }
             }
@@ -144,8 +148,9 @@ impl TargetDisk {
     /// Writes `data` at `offset`. Zero ranges need no write: a fresh disk reads as zeros.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let (no_space, detail) = match self.writer.as_ref().expect("writer present until finish") {
-            Writer::Raw { file, unflushed } => match file.write_all_at(data, offset) {
-                Ok(()) => {
+            Writer::Raw { file, unflushed } => match file.write_at(data, offset) {
+                Ok(false) => return Ok(()),
+                Ok(true) => {
                     let pending = unflushed.fetch_add(data.len() as u64, Ordering::Relaxed)
                         + data.len() as u64;
                     if pending >= WRITE_BACK_EVERY_BYTES {
@@ -154,7 +159,7 @@ impl TargetDisk {
                         // failure here is reported again by the final fsync.
                         unsafe {
                             libc::sync_file_range(
-                                file.as_raw_fd(),
+                                file.buffered().as_raw_fd(),
                                 0,
                                 0,
                                 libc::SYNC_FILE_RANGE_WRITE,

@@ -10,7 +10,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::storage::{ObjectInfo, ObjectKind, Storage, StorageError};
@@ -100,24 +99,18 @@ impl LocalDirectory {
         fs::create_dir_all(directory)
             .map_err(|e| self.write_error(kind, name, "create directory", directory, e))?;
         let temporary = directory.join(format!("{TEMPORARY_PREFIX}{}", random_suffix()));
-        let result = (|| {
-            if data.len() >= DIRECT_WRITE_MINIMUM_BYTES {
-                match write_direct(&temporary, data) {
-                    Ok(()) => return Ok(()),
-                    // The filesystem refuses direct I/O (tmpfs, some network filesystems).
-                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                        let _ = fs::remove_file(&temporary);
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            let mut file = OpenOptions::new()
+        let result = if data.len() >= DIRECT_MINIMUM_BYTES {
+            lifeboat_directio::write_new_file(&temporary, data)
+        } else {
+            OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&temporary)?;
-            file.write_all(data)?;
-            file.sync_all()
-        })();
+                .open(&temporary)
+                .and_then(|mut file| {
+                    file.write_all(data)?;
+                    file.sync_all()
+                })
+        };
         if let Err(error) = result {
             let _ = fs::remove_file(&temporary);
             return Err(self.write_error(kind, name, "write", &temporary, error));
@@ -132,85 +125,11 @@ impl LocalDirectory {
     }
 }
 
-/// Objects at least this large (packs) are written with `O_DIRECT`: they are fsynced at once
-/// and rarely read back soon, and on virtual machines copying them through freshly
-/// allocated page-cache pages costs more CPU than compressing them.
-const DIRECT_WRITE_MINIMUM_BYTES: usize = 1024 * 1024;
-/// Alignment of memory, offsets and lengths for `O_DIRECT`.
-const DIRECT_ALIGNMENT: usize = 4096;
-
-/// A heap buffer aligned for `O_DIRECT`, reused by each writer thread.
-struct AlignedBuffer {
-    pointer: *mut u8,
-    capacity: usize,
-}
-
-impl AlignedBuffer {
-    fn layout(capacity: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(capacity, DIRECT_ALIGNMENT).expect("valid layout")
-    }
-
-    /// A copy of `data` (non-empty) in aligned memory.
-    fn copy_of(&mut self, data: &[u8]) -> &[u8] {
-        if self.capacity < data.len() {
-            if !self.pointer.is_null() {
-                // SAFETY: allocated below with this layout.
-                unsafe { std::alloc::dealloc(self.pointer, Self::layout(self.capacity)) };
-            }
-            // SAFETY: the layout has a non-zero size.
-            self.pointer = unsafe { std::alloc::alloc(Self::layout(data.len())) };
-            if self.pointer.is_null() {
-                std::alloc::handle_alloc_error(Self::layout(data.len()));
-            }
-            self.capacity = data.len();
-        }
-        // SAFETY: the buffer holds at least data.len() bytes and does not overlap data.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.pointer, data.len());
-            std::slice::from_raw_parts(self.pointer, data.len())
-        }
-    }
-}
-
-impl Drop for AlignedBuffer {
-    fn drop(&mut self) {
-        if !self.pointer.is_null() {
-            // SAFETY: allocated in copy_of with this layout.
-            unsafe { std::alloc::dealloc(self.pointer, Self::layout(self.capacity)) };
-        }
-    }
-}
-
-thread_local! {
-    static ALIGNED: std::cell::RefCell<AlignedBuffer> = const {
-        std::cell::RefCell::new(AlignedBuffer { pointer: std::ptr::null_mut(), capacity: 0 })
-    };
-}
-
-/// Writes a new file: the aligned bulk with `O_DIRECT`, the unaligned tail through the page
-/// cache, then fsync.
-fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    use std::os::unix::io::AsRawFd;
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let aligned = data.len() / DIRECT_ALIGNMENT * DIRECT_ALIGNMENT;
-    ALIGNED.with(|buffer| file.write_all_at(buffer.borrow_mut().copy_of(&data[..aligned]), 0))?;
-    if aligned < data.len() {
-        // SAFETY: a valid descriptor; clearing O_DIRECT only changes how it writes.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        if flags < 0
-            || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        file.write_all_at(&data[aligned..], aligned as u64)?;
-    }
-    file.sync_all()
-}
+/// Objects and ranges at least this large (packs) are written and read with `O_DIRECT`
+/// (see `lifeboat-directio`): they are written once, fsynced at once and read once by a
+/// restore or a copy; on virtual machines, copying them through the page cache costs more
+/// CPU than compressing them.
+const DIRECT_MINIMUM_BYTES: usize = 1024 * 1024;
 
 fn is_no_space(error: &std::io::Error) -> bool {
     matches!(
@@ -290,10 +209,9 @@ impl Storage for LocalDirectory {
                 std::io::Error::new(ErrorKind::InvalidInput, "range too large"),
             )
         })?;
-        let mut data = vec![0u8; length_usize];
-        match file.read_exact_at(&mut data, offset) {
-            Ok(()) => Ok(data),
-            Err(error) if error.kind() == ErrorKind::UnexpectedEof => {
+        match lifeboat_directio::read_range(&file, offset, length_usize, DIRECT_MINIMUM_BYTES) {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => {
                 let actual_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
                 Err(StorageError::ShortObject {
                     location: self.location(),
