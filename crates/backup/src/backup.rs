@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use lifeboat_disk::{DiskError, FileState, Format, ImageInfo, SourceDisk, bitmap, inspect};
+use lifeboat_disk::{DiskError, FileState, Format, ImageInfo, Range, SourceDisk, bitmap, inspect};
 use lifeboat_repository::blob::{BlobEncoder, DEFAULT_COMPRESSION_LEVEL, MAXIMUM_GROUP_BYTES};
 use lifeboat_repository::lease::host_name;
 use lifeboat_repository::manifest::new_point_id;
@@ -69,6 +69,13 @@ pub struct BackupOptions {
     pub change_tracking: bool,
     /// Worker threads for hashing, compression and encryption.
     pub threads: usize,
+    /// Per disk, the only ranges written since the VM's previous point, when the caller
+    /// knows them (replication). Disks without a previous point are read in full.
+    pub changed_ranges: Option<Vec<Vec<Range>>>,
+    /// The point's time (RFC 3339) when it is not now: a replicated cut's time.
+    pub time: Option<String>,
+    /// What the point is consistent with.
+    pub consistency: Consistency,
 }
 
 impl BackupOptions {
@@ -82,6 +89,9 @@ impl BackupOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            changed_ranges: None,
+            time: None,
+            consistency: Consistency::Crash,
         }
     }
 }
@@ -314,17 +324,28 @@ fn backup_locked(
             base_bitmap.map(String::as_str),
         )?);
     }
-    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let time = options
+        .time
+        .clone()
+        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
 
     let chunk_size = repository.chunk_size_bytes();
     let mut plans = Vec::new();
     let mut reports = Vec::new();
     let mut fingerprints = Vec::new();
-    for (disk, source) in work.iter().zip(sources.iter_mut()) {
+    for (number, (disk, source)) in work.iter().zip(sources.iter_mut()).enumerate() {
         let data = source.data_ranges()?;
         let state = source.file_state().map(|s| fingerprint(&s));
+        let known = options
+            .changed_ranges
+            .as_ref()
+            .and_then(|disks| disks.get(number));
         let (change, mode) = match (&disk.base, source.dirty_ranges()?) {
             _ if !options.change_tracking => (Change::Unknown, "full"),
+            (Some(_), _) if known.is_some() => (
+                Change::Dirty(known.cloned().unwrap_or_default()),
+                "replicated",
+            ),
             (Some((entry, _)), _) if state.is_some() && entry.source_fingerprint == state => {
                 (Change::Unchanged, "unchanged")
             }
@@ -383,7 +404,7 @@ fn backup_locked(
         point: point.to_string(),
         vm: options.vm.clone(),
         time: time.clone(),
-        consistency: Consistency::Crash,
+        consistency: options.consistency,
         parent: parent.clone(),
         host: host_name(),
         lifeboat_version: env!("CARGO_PKG_VERSION").to_string(),

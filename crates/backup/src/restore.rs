@@ -13,14 +13,23 @@
 //! # Pipeline
 //!
 //! ```text
-//! reader (pack ranges in storage order, coalesced) ──▶ workers (open, decompress, hash) ──▶ this thread (write)
+//! reader ──runs──▶ workers (open, decompress, hash, place in the window) ──▶ window write
 //! ```
+//!
+//! A disk is restored window by window ([`WINDOW_BYTES`]), in disk order, a few windows
+//! at a time. Within a window, chunks are read in storage order (each blob read and opened
+//! once, packs front to back, adjacent blobs in one request); once every chunk of a window
+//! is in place, the window goes to the disk as a few large writes, holes skipped. So the
+//! target is written front to back in large pieces even when an incremental point's
+//! chunks lie scattered over many packs. A group of chunks straddling two windows is read
+//! for each.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use lifeboat_disk::{Format, TargetDisk, restored_file_name};
 use lifeboat_repository::blob::chunk_from_group;
 use lifeboat_repository::{
@@ -34,6 +43,10 @@ use crate::progress::Progress;
 
 /// Adjacent blobs of one pack are read together up to this size.
 const READ_RUN_BYTES: u64 = 8 * 1024 * 1024;
+/// Disk bytes restored as one window.
+const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
+/// Windows being filled at once.
+const WINDOWS_IN_FLIGHT: usize = 3;
 
 /// Where and how to restore.
 #[derive(Clone, Debug)]
@@ -74,12 +87,49 @@ struct Wanted {
     location: ChunkLocation,
 }
 
-/// Adjacent stored blobs read with one request.
+/// Adjacent stored blobs read with one request, for one window.
 struct ReadRun {
+    window: Arc<Window>,
     pack: u32,
     start: u64,
     chunks: Vec<Wanted>,
     bytes: Result<Vec<u8>, RepositoryError>,
+}
+
+/// A part of the disk being assembled in memory.
+struct Window {
+    /// The first chunk of the window.
+    first_chunk: usize,
+    /// Wanted (non-zero) chunk indexes of the window, ascending.
+    chunks: Vec<usize>,
+    /// The window's bytes; taken back for the next window once written.
+    buffer: Mutex<Option<WindowBuffer>>,
+    /// Chunks not placed yet; the worker placing the last one writes the window.
+    remaining: AtomicUsize,
+}
+
+/// A reusable window buffer whose data starts at a 4 KiB-aligned address (large writes
+/// of it may bypass the page cache without a copy).
+struct WindowBuffer {
+    memory: Vec<u8>,
+    start: usize,
+}
+
+impl WindowBuffer {
+    fn new(length: usize) -> WindowBuffer {
+        let memory = vec![0u8; length + 4096];
+        let start = memory.as_ptr().align_offset(4096);
+        WindowBuffer { memory, start }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.memory[self.start..]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let start = self.start;
+        &mut self.memory[start..]
+    }
 }
 
 /// Restores every disk of `manifest`.
@@ -217,7 +267,7 @@ fn restore_disk(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let target = TargetDisk::create(path, format, disk_index.virtual_size_bytes)?;
-    let mut wanted: Vec<Wanted> = disk_index
+    let wanted: Vec<Wanted> = disk_index
         .chunks
         .iter()
         .enumerate()
@@ -228,21 +278,18 @@ fn restore_disk(
             location: index.locate(id).expect("presence checked before writing"),
         })
         .collect();
-    // In storage order: every blob is read and opened once, packs are read front to back,
-    // and the target takes writes in any order. (In disk order, an incremental's scattered
-    // new chunks would interleave with their neighbours' older groups and reopen them.)
-    wanted.sort_by_key(|w| {
-        (
-            w.location.pack,
-            w.location.blob_offset,
-            w.location.offset_in_group,
-            w.chunk_index,
-        )
-    });
     let threads = threads.clamp(1, 16);
     let abort = AtomicBool::new(false);
+    let chunk_size = disk_index.chunk_size_bytes as u64;
+    let chunks_per_window = (WINDOW_BYTES / chunk_size).max(1) as usize;
     let (run_sender, run_receiver) = bounded::<ReadRun>(threads * 2);
-    let (written_sender, written_receiver) = bounded::<Result<u64>>(threads * 8);
+    let (done_sender, done_receiver) = bounded::<Result<Arc<Window>>>(WINDOWS_IN_FLIGHT);
+    // Buffers of windows; a window takes one before its first read and gives it back once
+    // written, so at most WINDOWS_IN_FLIGHT windows are in memory.
+    let (free_sender, free_receiver) = bounded::<WindowBuffer>(WINDOWS_IN_FLIGHT);
+    for _ in 0..WINDOWS_IN_FLIGHT {
+        let _ = free_sender.send(WindowBuffer::new(chunks_per_window * chunk_size as usize));
+    }
     let place = Place {
         point: &manifest.point,
         disk: disk_name,
@@ -252,19 +299,41 @@ fn restore_disk(
     let written = std::thread::scope(|scope| -> Result<u64> {
         let abort = &abort;
         let wanted = &wanted;
-        let target = &target;
         let place = &place;
-        scope.spawn(move || read_runs(repository, index, wanted, run_sender, abort));
+        let free_receiver = &free_receiver;
+        scope.spawn(move || {
+            read_windows(
+                repository,
+                index,
+                wanted,
+                chunks_per_window,
+                free_receiver,
+                run_sender,
+                abort,
+            )
+        });
         for _ in 0..threads {
             let runs = run_receiver.clone();
-            let written = written_sender.clone();
-            scope.spawn(move || write_runs(repository, index, target, place, runs, written, abort));
+            let done = done_sender.clone();
+            scope.spawn(move || fill_windows(repository, index, place, runs, done, abort));
         }
         drop(run_receiver);
-        drop(written_sender);
+        drop(done_sender);
+        // This thread writes each window once complete, while the workers fill the next.
         let mut total = 0u64;
-        for item in written_receiver {
-            match item {
+        for item in done_receiver {
+            let written = item.and_then(|window| {
+                let buffer = window
+                    .buffer
+                    .lock()
+                    .ok()
+                    .and_then(|mut b| b.take())
+                    .ok_or_else(|| EngineError::Refused("a restore worker failed".to_string()))?;
+                let written = write_window(&target, disk_index, &window, &buffer);
+                let _ = free_sender.send(buffer);
+                written
+            });
+            match written {
                 Ok(bytes) => {
                     total += bytes;
                     progress.advance(bytes);
@@ -308,160 +377,229 @@ impl Place<'_> {
     }
 }
 
-fn read_runs(
+/// Reads the wanted chunks window by window in disk order; within a window, in storage
+/// order with adjacent blobs of one pack in one request.
+#[allow(clippy::too_many_arguments)]
+fn read_windows(
     repository: &Repository,
     index: &ChunkIndex,
     wanted: &[Wanted],
+    chunks_per_window: usize,
+    free: &Receiver<WindowBuffer>,
     runs: Sender<ReadRun>,
     abort: &AtomicBool,
 ) {
-    let mut position = 0;
-    while position < wanted.len() && !abort.load(Ordering::Relaxed) {
-        let first = wanted[position];
-        let start = first.location.blob_offset as u64;
-        let mut last_blob = first.location.blob_offset;
-        let mut end = start + first.location.blob_bytes as u64;
-        let mut chunks = vec![first];
-        position += 1;
-        // Take following chunks from the same blob, or from the blob right after it.
-        while position < wanted.len() {
-            let next = wanted[position].location;
-            let same_blob = next.pack == first.location.pack && next.blob_offset == last_blob;
-            let adjacent = next.pack == first.location.pack
-                && next.blob_offset as u64 == end
-                && end - start < READ_RUN_BYTES;
-            if !same_blob && !adjacent {
-                break;
-            }
-            if adjacent {
-                last_blob = next.blob_offset;
-                end += next.blob_bytes as u64;
-            }
-            chunks.push(wanted[position]);
-            position += 1;
+    // `wanted` is in disk order.
+    for in_window in wanted
+        .chunk_by(|a, b| a.chunk_index / chunks_per_window == b.chunk_index / chunks_per_window)
+    {
+        if abort.load(Ordering::Relaxed) {
+            return;
         }
-        let bytes = repository
-            .storage()
-            .read_range(
-                ObjectKind::Pack,
-                index.pack_name(first.location.pack),
-                start,
-                end - start,
+        // Wait for a free buffer, unless the restore is being abandoned.
+        let buffer = loop {
+            match free.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(buffer) => break buffer,
+                Err(RecvTimeoutError::Timeout) if !abort.load(Ordering::Relaxed) => {}
+                Err(_) => return,
+            }
+        };
+        let window = Arc::new(Window {
+            first_chunk: in_window[0].chunk_index / chunks_per_window * chunks_per_window,
+            chunks: in_window.iter().map(|w| w.chunk_index).collect(),
+            buffer: Mutex::new(Some(buffer)),
+            remaining: AtomicUsize::new(in_window.len()),
+        });
+        let mut order = in_window.to_vec();
+        order.sort_by_key(|w| {
+            (
+                w.location.pack,
+                w.location.blob_offset,
+                w.location.offset_in_group,
+                w.chunk_index,
             )
-            .map_err(RepositoryError::from);
-        if runs
-            .send(ReadRun {
+        });
+        let mut position = 0;
+        while position < order.len() {
+            if abort.load(Ordering::Relaxed) {
+                return;
+            }
+            let first = order[position];
+            let start = first.location.blob_offset as u64;
+            let mut last_blob = first.location.blob_offset;
+            let mut end = start + first.location.blob_bytes as u64;
+            let mut chunks = vec![first];
+            position += 1;
+            // Take following chunks from the same blob, or from the blob right after it.
+            while position < order.len() {
+                let next = order[position].location;
+                let same_blob = next.pack == first.location.pack && next.blob_offset == last_blob;
+                let adjacent = next.pack == first.location.pack
+                    && next.blob_offset as u64 == end
+                    && end - start < READ_RUN_BYTES;
+                if !same_blob && !adjacent {
+                    break;
+                }
+                if adjacent {
+                    last_blob = next.blob_offset;
+                    end += next.blob_bytes as u64;
+                }
+                chunks.push(order[position]);
+                position += 1;
+            }
+            let bytes = repository
+                .storage()
+                .read_range(
+                    ObjectKind::Pack,
+                    index.pack_name(first.location.pack),
+                    start,
+                    end - start,
+                )
+                .map_err(RepositoryError::from);
+            let run = ReadRun {
+                window: Arc::clone(&window),
                 pack: first.location.pack,
                 start,
                 chunks,
                 bytes,
-            })
-            .is_err()
-        {
-            return;
+            };
+            if runs.send(run).is_err() {
+                return;
+            }
         }
     }
 }
 
+/// Writes a complete window: one write per run of consecutive non-zero chunks.
+fn write_window(
+    target: &TargetDisk,
+    disk_index: &DiskIndex,
+    window: &Window,
+    buffer: &WindowBuffer,
+) -> Result<u64> {
+    let bytes = buffer.bytes();
+    let mut total = 0u64;
+    for run in window.chunks.chunk_by(|a, b| *b == *a + 1) {
+        let (offset, _) = disk_index.chunk_range(run[0]);
+        let (last_offset, last_length) = disk_index.chunk_range(run[run.len() - 1]);
+        let length = (last_offset + last_length as u64 - offset) as usize;
+        let from = (run[0] - window.first_chunk) * disk_index.chunk_size_bytes as usize;
+        target.write(offset, &bytes[from..from + length])?;
+        total += length as u64;
+    }
+    Ok(total)
+}
+
 /// Opens each blob of each run once (in place, in the run's buffer), checks every chunk
-/// taken from it, and writes runs of chunks that are consecutive both in the group and on
-/// the disk with one write each. A chunk whose copy fails is read again the careful way.
-fn write_runs(
+/// taken from it and copies it into its window; a chunk whose copy fails is read again the
+/// careful way. A window whose last chunk is placed goes to the writer.
+fn fill_windows(
     repository: &Repository,
     index: &ChunkIndex,
-    target: &TargetDisk,
     place: &Place,
     runs: Receiver<ReadRun>,
-    written: Sender<Result<u64>>,
+    done: Sender<Result<Arc<Window>>>,
     abort: &AtomicBool,
 ) {
     let mut decoder = BlobDecoder::new();
-    let crypto = repository.crypto();
-    let chunk_size = place.disk_index.chunk_size_bytes as u64;
-    let check = |group: &[u8], wanted: &Wanted| {
-        chunk_from_group(
-            crypto,
-            &wanted.id,
-            group,
-            wanted.location.offset_in_group,
-            wanted.location.raw_bytes,
-        )
-        .is_ok()
-    };
     for run in runs {
+        if abort.load(Ordering::Relaxed) {
+            return;
+        }
         let ReadRun {
+            window,
             pack,
             start,
             chunks,
             bytes,
         } = run;
-        let mut bytes = bytes.ok();
-        for blob in chunks.chunk_by(|a, b| a.location.blob_offset == b.location.blob_offset) {
-            if abort.load(Ordering::Relaxed) {
-                return;
+        let placed = place_run(
+            repository,
+            index,
+            place,
+            &mut decoder,
+            &window,
+            pack,
+            start,
+            &chunks,
+            bytes.ok(),
+        );
+        let result = match placed {
+            Ok(placed) if window.remaining.fetch_sub(placed, Ordering::AcqRel) != placed => {
+                continue;
             }
-            let first = blob[0].location;
-            debug_assert_eq!(first.pack, pack);
-            let mut failed: Vec<Wanted> = Vec::new();
-            let result = (|| -> Result<u64> {
-                let mut total = 0u64;
-                let group = bytes.as_mut().and_then(|bytes| {
-                    let at = (first.blob_offset as u64 - start) as usize;
-                    let sealed = &mut bytes[at..at + first.blob_bytes as usize];
-                    decoder.open(crypto, sealed, first.group_bytes).ok()
-                });
-                let Some(group) = group else {
-                    failed.extend_from_slice(blob);
-                    return Ok(0);
-                };
-                let mut position = 0;
-                while position < blob.len() {
-                    let first_chunk = blob[position];
-                    if !check(group, &first_chunk) {
-                        failed.push(first_chunk);
-                        position += 1;
-                        continue;
-                    }
-                    // Extend over following chunks adjacent in the group and on the disk.
-                    let mut end = position + 1;
-                    while end < blob.len() {
-                        let previous = blob[end - 1];
-                        let next = blob[end];
-                        let adjacent = next.chunk_index == previous.chunk_index + 1
-                            && next.location.offset_in_group
-                                == previous.location.offset_in_group + previous.location.raw_bytes;
-                        if !adjacent || !check(group, &next) {
-                            break;
-                        }
-                        end += 1;
-                    }
-                    let last = blob[end - 1].location;
-                    let from = first_chunk.location.offset_in_group as usize;
-                    let to = (last.offset_in_group + last.raw_bytes) as usize;
-                    target.write(
-                        first_chunk.chunk_index as u64 * chunk_size,
-                        &group[from..to],
-                    )?;
-                    total += (to - from) as u64;
-                    position = end;
+            Ok(_) => Ok(window),
+            Err(error) => Err(error),
+        };
+        let is_error = result.is_err();
+        if done.send(result).is_err() || is_error {
+            return;
+        }
+    }
+}
+
+/// Places the chunks of one run into their window; returns how many were placed.
+#[allow(clippy::too_many_arguments)]
+fn place_run(
+    repository: &Repository,
+    index: &ChunkIndex,
+    place: &Place,
+    decoder: &mut BlobDecoder,
+    window: &Window,
+    pack: u32,
+    start: u64,
+    chunks: &[Wanted],
+    mut bytes: Option<Vec<u8>>,
+) -> Result<usize> {
+    let crypto = repository.crypto();
+    let chunk_size = place.disk_index.chunk_size_bytes as usize;
+    let mut failed: Vec<Wanted> = Vec::new();
+    let mut placed = 0usize;
+    let copy_into = |chunk_index: usize, data: &[u8]| -> Result<()> {
+        let mut buffer = window.buffer.lock().ok();
+        let buffer = buffer
+            .as_mut()
+            .and_then(|b| b.as_mut())
+            .ok_or_else(|| EngineError::Refused("a restore worker failed".to_string()))?;
+        let at = (chunk_index - window.first_chunk) * chunk_size;
+        buffer.bytes_mut()[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    };
+    for blob in chunks.chunk_by(|a, b| a.location.blob_offset == b.location.blob_offset) {
+        let first = blob[0].location;
+        debug_assert_eq!(first.pack, pack);
+        let group = bytes.as_mut().and_then(|bytes| {
+            let at = (first.blob_offset as u64 - start) as usize;
+            let sealed = &mut bytes[at..at + first.blob_bytes as usize];
+            decoder.open(crypto, sealed, first.group_bytes).ok()
+        });
+        let Some(group) = group else {
+            failed.extend_from_slice(blob);
+            continue;
+        };
+        for wanted in blob {
+            match chunk_from_group(
+                crypto,
+                &wanted.id,
+                group,
+                wanted.location.offset_in_group,
+                wanted.location.raw_bytes,
+            ) {
+                Ok(data) => {
+                    copy_into(wanted.chunk_index, data)?;
+                    placed += 1;
                 }
-                Ok(total)
-            })()
-            .and_then(|mut total| {
-                // Every stored copy in turn, and an error naming chunk and pack if none is good.
-                for wanted in &failed {
-                    let data = repository
-                        .read_chunk(index, &wanted.id, &mut decoder)
-                        .map_err(|error| place.damaged(wanted.chunk_index, error))?;
-                    target.write(wanted.chunk_index as u64 * chunk_size, &data)?;
-                    total += data.len() as u64;
-                }
-                Ok(total)
-            });
-            let is_error = result.is_err();
-            if written.send(result).is_err() || is_error {
-                return;
+                Err(_) => failed.push(*wanted),
             }
         }
     }
+    // Every stored copy in turn, and an error naming chunk and pack if none is good.
+    for wanted in &failed {
+        let data = repository
+            .read_chunk(index, &wanted.id, decoder)
+            .map_err(|error| place.damaged(wanted.chunk_index, error))?;
+        copy_into(wanted.chunk_index, &data)?;
+        placed += 1;
+    }
+    Ok(placed)
 }

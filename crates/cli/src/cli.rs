@@ -70,6 +70,52 @@ pub enum Command {
     /// Storage failover and reprotect of a region.
     #[command(subcommand)]
     Region(RegionCommand),
+    /// Serve a group's VM disks read-write over NBD and replicate every write to --repo
+    /// (the recovery region's repository) in consistent cuts.
+    Protect(ProtectArguments),
+    /// Apply a group's replicated cuts to replica disks and make recovery points from them
+    /// in --repo (once, or with --follow).
+    Receive(ReceiveArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct ProtectArguments {
+    /// The consistency group: every point made from its cuts is consistent across all its
+    /// VMs and disks.
+    #[arg(long)]
+    pub group: String,
+    /// A VM and its disks (raw images): NAME=DISK[,DISK...]. Repeat for every VM of the group.
+    #[arg(long = "vm", value_name = "NAME=DISK[,DISK...]", required = true)]
+    pub vms: Vec<String>,
+    /// Serve the exports on this Unix socket; each is named VM/DISK (the disk's file name).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Serve the exports on this TCP address too (unauthenticated: keep it on a private network).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Seconds between cuts (the recovery point objective to aim for).
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
+    /// MiB of writes kept in memory until shipped; past it, changed ranges are read again
+    /// from the images when shipping can go on (resync).
+    #[arg(long, default_value_t = 1024)]
+    pub journal_mib: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArguments {
+    /// The consistency group to receive.
+    #[arg(long)]
+    pub group: String,
+    /// Directory of the replica disks and the receiver's state.
+    #[arg(long)]
+    pub replicas: PathBuf,
+    /// Keep receiving: a round every --interval seconds until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// Seconds between rounds with --follow.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         Command::GeoSync(arguments) => commands::geo_sync::run(&cli.global, arguments),
         Command::Status(arguments) => commands::status::run(&cli.global, arguments),
         Command::Region(command) => commands::region::run(&cli.global, command),
+        Command::Protect(arguments) => commands::protect::run(&cli.global, arguments),
+        Command::Receive(arguments) => commands::receive::run(&cli.global, arguments),
     };
     match result {
         Ok(code) => ExitCode::from(code),

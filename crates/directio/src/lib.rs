@@ -178,23 +178,30 @@ fn read_range_direct(file: &File, offset: u64, length: usize) -> std::io::Result
     Ok(Some(data))
 }
 
-/// Positional writes into an existing file: aligned ones directly, the others (and all of
-/// them where the filesystem refuses direct I/O) through the page cache.
+/// Positional writes into an existing file: large aligned ones directly, the others (and
+/// all of them where the filesystem refuses direct I/O) through the page cache, which
+/// gathers small scattered writes far better than the device takes them one by one.
 #[derive(Debug)]
 pub struct DirectWriter {
     buffered: File,
     direct: Option<File>,
+    direct_from: usize,
 }
 
 impl DirectWriter {
-    /// Opens `path` for writing both ways; `buffered` is an open descriptor of the same file.
-    pub fn open(path: &Path, buffered: File) -> DirectWriter {
+    /// Opens `path` for writing both ways; `buffered` is an open descriptor of the same
+    /// file. Writes of at least `direct_from` bytes go direct.
+    pub fn open(path: &Path, buffered: File, direct_from: usize) -> DirectWriter {
         let direct = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)
             .ok();
-        DirectWriter { buffered, direct }
+        DirectWriter {
+            buffered,
+            direct,
+            direct_from,
+        }
     }
 
     /// The page-cache descriptor (for write-back hints and fsync).
@@ -205,6 +212,7 @@ impl DirectWriter {
     /// Writes `data` at `offset`; true when it went through the page cache.
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<bool> {
         if let Some(direct) = &self.direct
+            && data.len() >= self.direct_from
             && is_aligned(offset, data.len())
         {
             match with_aligned(data, |aligned| direct.write_all_at(aligned, offset)) {
@@ -289,7 +297,7 @@ mod tests {
             .open(&path)
             .unwrap();
         file.set_len(1 << 20).unwrap();
-        let writer = DirectWriter::open(&path, file);
+        let writer = DirectWriter::open(&path, file, 8192);
         let block = pattern(64 * 1024);
         let unaligned_memory = &pattern(8193)[1..];
         assert!(!writer.write_at(&block, 0).unwrap() || writer.direct.is_none());

@@ -265,7 +265,7 @@ pub fn push_merged(ranges: &mut Vec<Range>, range: Range) {
 
 /// Data ranges of a raw file from `SEEK_DATA`/`SEEK_HOLE`; the whole file where the
 /// filesystem or device does not support them.
-fn raw_data_ranges(file: &File, size: u64) -> Vec<Range> {
+pub fn raw_data_ranges(file: &File, size: u64) -> Vec<Range> {
     let descriptor = file.as_raw_fd();
     let mut ranges = Vec::new();
     let mut offset: i64 = 0;

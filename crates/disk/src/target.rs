@@ -60,6 +60,10 @@ fn is_no_space(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT)
 }
 
+/// Writes at least this large bypass the page cache (whole groups of a full restore);
+/// smaller ones (an incremental's scattered chunks) are gathered by the page cache.
+const DIRECT_WRITE_MINIMUM_BYTES: usize = 1024 * 1024;
+
 /// After this many bytes are written, write-back of the file is started, so the final
 /// flush has little left to wait for (the kernel would otherwise hold gigabytes dirty until
 /// the fsync and then write them while Lifeboat waits).
@@ -87,7 +91,7 @@ impl TargetDisk {
                         detail: format!("cannot create {}: {e}", temporary_path.display()),
                     })?;
                 Writer::Raw {
-                    file: DirectWriter::open(&temporary_path, file),
+                    file: DirectWriter::open(&temporary_path, file, DIRECT_WRITE_MINIMUM_BYTES),
                     unflushed: AtomicU64::new(0),
                 }
             }

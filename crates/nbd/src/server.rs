@@ -688,6 +688,18 @@ pub fn spawn_tcp(
     Ok(address)
 }
 
+/// Serves `server` on a Unix socket listener in a background thread.
+pub fn spawn_unix(server: Arc<Server>, listener: UnixListener) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("nbd-listener".to_string())
+        .spawn(move || {
+            if let Err(error) = server.serve_unix(listener) {
+                tracing::error!(%error, "NBD listener stopped");
+            }
+        })?;
+    Ok(())
+}
+
 /// Serves one already-connected stream pair (used by tests and socket activation).
 pub fn serve_stream(server: &Server, stream: UnixStream) -> Result<(), ServerError> {
     let reader = stream.try_clone()?;

@@ -38,11 +38,13 @@ pub enum ObjectKind {
     Garbage,
     /// In a geo copy: how far the copy has caught up with its source.
     GeoStatus,
+    /// Replication cuts shipped to this (recovery) repository, until applied.
+    Cut,
 }
 
 impl ObjectKind {
     /// Every kind, for listing a whole repository.
-    pub const ALL: [ObjectKind; 10] = [
+    pub const ALL: [ObjectKind; 11] = [
         ObjectKind::Config,
         ObjectKind::Key,
         ObjectKind::Pack,
@@ -53,6 +55,7 @@ impl ObjectKind {
         ObjectKind::Quarantine,
         ObjectKind::Garbage,
         ObjectKind::GeoStatus,
+        ObjectKind::Cut,
     ];
 
     /// The directory (or key prefix) of this kind inside the repository.
@@ -68,6 +71,7 @@ impl ObjectKind {
             ObjectKind::Quarantine => "quarantine",
             ObjectKind::Garbage => "garbage",
             ObjectKind::GeoStatus => "geo-status",
+            ObjectKind::Cut => "cuts",
         }
     }
 
@@ -91,6 +95,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Quarantine => "quarantine record",
             ObjectKind::Garbage => "garbage record",
             ObjectKind::GeoStatus => "geo copy status",
+            ObjectKind::Cut => "replication cut",
         };
         f.write_str(name)
     }

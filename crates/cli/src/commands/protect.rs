@@ -1,0 +1,176 @@
+//! `lifeboat protect`: serve a consistency group's disks over NBD and ship every write.
+
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lifeboat_disk::{Format, inspect};
+use lifeboat_nbd::Server;
+use lifeboat_replication::capture::CapturedDisk;
+use lifeboat_replication::cut::{DiskLayout, VmLayout};
+use lifeboat_replication::journal::{DiskId, Journal};
+use lifeboat_replication::ship::{Sender, SenderOptions, ShipReport};
+
+use crate::cli::{GlobalOptions, ProtectArguments};
+use crate::output::{bytes, print_json_line};
+use crate::repository::{Access, open};
+
+/// `NAME=DISK[,DISK...]`.
+fn parse_vm(text: &str) -> anyhow::Result<(String, Vec<PathBuf>)> {
+    let (name, disks) = text
+        .split_once('=')
+        .with_context(|| format!("--vm '{text}' is not NAME=DISK[,DISK...]"))?;
+    let disks: Vec<PathBuf> = disks
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if name.is_empty() || disks.is_empty() {
+        bail!("--vm '{text}' needs a name and at least one disk: NAME=DISK[,DISK...]");
+    }
+    Ok((name.to_string(), disks))
+}
+
+fn file_name(path: &Path) -> anyhow::Result<String> {
+    Ok(path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?
+        .to_string_lossy()
+        .into_owned())
+}
+
+fn show(global: &GlobalOptions, report: &ShipReport) -> anyhow::Result<()> {
+    if global.json {
+        return print_json_line(report);
+    }
+    if report.writes == 0 && report.resync_bytes == 0 {
+        return Ok(());
+    }
+    eprintln!(
+        "group '{}': cut {} at {}: {} writes ({}), {} resynced, {} shipped in {:.2} s{}",
+        report.group,
+        report.sequence,
+        report.time,
+        report.writes,
+        bytes(report.journal_bytes),
+        bytes(report.resync_bytes),
+        bytes(report.shipped_bytes),
+        report.seconds,
+        if report.consistent {
+            String::new()
+        } else {
+            format!(
+                "; resync in progress, {} to go",
+                bytes(report.resync_pending_bytes)
+            )
+        }
+    );
+    Ok(())
+}
+
+pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Result<u8> {
+    if arguments.socket.is_none() && arguments.listen.is_none() {
+        bail!("give --socket PATH or --listen ADDRESS: where the VMs reach their disks");
+    }
+    let repository = open(global, Access::Write)?;
+    let journal = Arc::new(Mutex::new(Journal::new(
+        arguments.journal_mib.saturating_mul(1024 * 1024),
+    )));
+    let mut server = Server::new();
+    let mut layouts = Vec::new();
+    let mut images = Vec::new();
+    let mut names = Vec::new();
+    for (vm_number, text) in arguments.vms.iter().enumerate() {
+        let (name, disks) = parse_vm(text)?;
+        if names.contains(&name) {
+            bail!("VM '{name}' is given twice");
+        }
+        names.push(name.clone());
+        let mut layout = VmLayout {
+            name: name.clone(),
+            disks: Vec::new(),
+        };
+        for (disk_number, path) in disks.iter().enumerate() {
+            let disk_name = file_name(path)?;
+            if layout.disks.iter().any(|d| d.name == disk_name) {
+                bail!(
+                    "two disks of VM '{name}' are named '{disk_name}'; give them distinct file names"
+                );
+            }
+            let info = inspect(path)?;
+            if info.format != Format::Raw {
+                bail!(
+                    "{} is a {} image; protect serves raw images: convert it with 'qemu-img convert -O raw'",
+                    path.display(),
+                    info.format.name()
+                );
+            }
+            let id = DiskId {
+                vm: vm_number,
+                disk: disk_number,
+            };
+            let disk = CapturedDisk::open(path, id, Arc::clone(&journal))?;
+            // Initial sync: every allocated range, read from the image while writes go on.
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            {
+                let mut journal = journal.lock().expect("never poisoned");
+                for range in lifeboat_disk::source::raw_data_ranges(&file, info.virtual_size_bytes)
+                {
+                    journal.add_resync(id, range.offset, range.length);
+                }
+            }
+            layout.disks.push(DiskLayout {
+                name: disk_name.clone(),
+                size_bytes: info.virtual_size_bytes,
+            });
+            server.add_export(format!("{name}/{disk_name}"), Arc::new(disk));
+        }
+        images.push(disks);
+        layouts.push(layout);
+    }
+    let sender = Sender::new(
+        repository,
+        &arguments.group,
+        layouts,
+        images,
+        Arc::clone(&journal),
+        SenderOptions::default(),
+    )?;
+    let server = Arc::new(server);
+    if let Some(address) = &arguments.listen {
+        let listener =
+            TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
+        let bound = lifeboat_nbd::server::spawn_tcp(Arc::clone(&server), listener)?;
+        eprintln!(
+            "serving {} over NBD at nbd://{bound}",
+            server.export_names().join(", ")
+        );
+    }
+    if let Some(path) = &arguments.socket {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        lifeboat_nbd::server::spawn_unix(Arc::clone(&server), listener)?;
+        eprintln!(
+            "serving {} over NBD on {}",
+            server.export_names().join(", "),
+            path.display()
+        );
+    }
+    let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
+    loop {
+        let started = Instant::now();
+        match sender.ship() {
+            Ok(report) => show(global, &report)?,
+            Err(error) => eprintln!(
+                "group '{}': shipping failed: {error}; writes go on locally and are shipped when it works again",
+                arguments.group
+            ),
+        }
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}

@@ -1,0 +1,367 @@
+//! Continuous replication: writes through `lifeboat protect`'s NBD exports reach consistent
+//! recovery points made by `lifeboat receive` in the recovery repository.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Harness, identical, text};
+use lifeboat_nbd::Client;
+use serde_json::Value;
+
+/// A running `lifeboat protect`, killed on drop.
+struct Protect {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Protect {
+    fn start(
+        harness: &Harness,
+        group: &str,
+        vms: &[(String, Vec<PathBuf>)],
+        interval: &str,
+    ) -> Protect {
+        let socket = harness.path(&format!("{group}.sock"));
+        let mut command = harness.command();
+        command.args([
+            "protect",
+            "--group",
+            group,
+            "--interval",
+            interval,
+            "--socket",
+        ]);
+        command.arg(&socket);
+        for (name, disks) in vms {
+            let disks: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
+            command
+                .arg("--vm")
+                .arg(format!("{name}={}", disks.join(",")));
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "protect never opened its socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Protect { child, socket }
+    }
+
+    fn client(&self, export: &str) -> Client {
+        Client::connect_unix(&self.socket, export, &[]).unwrap()
+    }
+}
+
+impl Drop for Protect {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed on drop (also when a test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn raw_disk(harness: &Harness, name: &str, size: &str) -> PathBuf {
+    let path = harness.path(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&path)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+/// Runs `receive --once` until the replicas hold every write acknowledged before `after`
+/// and are consistent; returns the last report.
+fn receive_past(
+    harness: &Harness,
+    group: &str,
+    replicas: &Path,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = harness.json(&[
+            "receive",
+            "--group",
+            group,
+            "--replicas",
+            replicas.to_str().unwrap(),
+        ]);
+        let applied = report["applied_time"].as_str().map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        });
+        if report["consistent"] == true && applied.is_some_and(|t| t > after) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never caught up: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn writes_through_the_export_reach_restorable_points_in_the_recovery_repository() {
+    let harness = Harness::new();
+    let system = harness.copy_image("fs.raw");
+    let data = raw_disk(&harness, "data.raw", "32M");
+    let protect = Protect::start(
+        &harness,
+        "shop",
+        &[("db1".to_string(), vec![system.clone(), data.clone()])],
+        "0.2",
+    );
+    let replicas = harness.path("replicas");
+    // The initial sync copies what the disks hold.
+    receive_past(&harness, "shop", &replicas, chrono::Utc::now());
+    let first = harness.points();
+    assert_eq!(first.len(), 1, "one point of db1 after the initial sync");
+    // qemu writes through the exports: a pattern, zeros, and a flushed write.
+    for (export, commands) in [
+        (
+            "db1/fs.raw",
+            vec!["write -P 0x5a 1M 256k", "write -z 4M 1M", "flush"],
+        ),
+        (
+            "db1/data.raw",
+            vec!["write -P 0x17 0 64k", "write -P 0x18 17M 4k", "flush"],
+        ),
+    ] {
+        let mut command = Command::new("qemu-io");
+        command.arg("--image-opts");
+        for line in commands {
+            command.args(["-c", line]);
+        }
+        let output = command
+            .arg(format!(
+                "driver=nbd,server.type=unix,server.path={},export={export}",
+                protect.socket.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "qemu-io: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let written = chrono::Utc::now();
+    receive_past(&harness, "shop", &replicas, written);
+    let points = harness.points();
+    assert!(points.len() >= 2, "a new point after the writes");
+    let latest = points.last().unwrap();
+    assert_eq!(text(latest, "vm"), "db1");
+    let target = harness.path("restored");
+    harness.restore("latest", &target, &["--vm", "db1"]);
+    assert!(identical(&system, &target.join("fs.raw")));
+    assert!(identical(&data, &target.join("data.raw")));
+    assert!(identical(&data, &replicas.join("db1").join("data.raw")));
+    // The image itself holds the writes: the export wrote through to it.
+    let bytes = std::fs::read(&data).unwrap();
+    assert!(bytes[..65536].iter().all(|&b| b == 0x17));
+    // Once protect stops and the receiver has applied everything, no cut is left behind.
+    drop(protect);
+    harness.json(&[
+        "receive",
+        "--group",
+        "shop",
+        "--replicas",
+        replicas.to_str().unwrap(),
+    ]);
+    let cuts = std::fs::read_dir(harness.repository.join("cuts"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        cuts, 0,
+        "applied cuts are deleted from the recovery repository"
+    );
+}
+
+/// The counter at the start of a disk image.
+fn counter(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    u64::from_le_bytes(bytes[..8].try_into().unwrap())
+}
+
+fn block(value: u64) -> Vec<u8> {
+    let mut block = vec![0u8; 4096];
+    for slot in block.chunks_mut(8) {
+        slot.copy_from_slice(&value.to_le_bytes());
+    }
+    block
+}
+
+#[test]
+fn no_point_of_a_16_vm_group_holds_a_write_without_those_acknowledged_before_it() {
+    const VMS: usize = 16;
+    let harness = Harness::new();
+    let vms: Vec<(String, Vec<PathBuf>)> = (0..VMS)
+        .map(|k| {
+            let name = format!("vm{k:02}");
+            let disks = vec![
+                raw_disk(&harness, &format!("{name}/a.raw"), "1M"),
+                raw_disk(&harness, &format!("{name}/b.raw"), "1M"),
+            ];
+            (name, disks)
+        })
+        .collect();
+    let protect = Protect::start(&harness, "group", &vms, "0.1");
+    let replicas = harness.path("replicas");
+    let receiver = Killed(
+        harness
+            .command()
+            .args([
+                "receive",
+                "--follow",
+                "--interval",
+                "0.05",
+                "--group",
+                "group",
+                "--replicas",
+            ])
+            .arg(&replicas)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Writer k writes its counter to disk a of VM k, waits for the acknowledgement, then
+    // writes it to disk b of VM k+1: in every point, b of VM k+1 is never ahead of a of VM k.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..VMS)
+        .map(|k| {
+            let mut first = protect.client(&format!("vm{k:02}/a.raw"));
+            let mut second = protect.client(&format!("vm{:02}/b.raw", (k + 1) % VMS));
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut value = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    value += 1;
+                    first.write(0, &block(value), false).unwrap();
+                    second.write(0, &block(value), false).unwrap();
+                    // Churn beside the ordered pair.
+                    first
+                        .write(4096 * (1 + value % 200), &block(value), false)
+                        .unwrap();
+                    // As fast as two shared cores let 16 writers, the capture process and
+                    // the receiver all make progress.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                value
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    let totals: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(
+        totals.iter().all(|&n| n > 10),
+        "writers made progress: {totals:?}"
+    );
+    let finished = chrono::Utc::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state: Value = std::fs::read(replicas.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let sealed = state["sealed_ordinal"].as_u64().unwrap_or(0);
+        let applied_time = state["applied_time"].as_str().unwrap_or("");
+        let caught_up = chrono::DateTime::parse_from_rfc3339(applied_time).is_ok_and(|t| {
+            t > finished && sealed == state["applied_ordinal"].as_u64().unwrap_or(1)
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver never caught up: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(receiver);
+    // Every point, restored: per cut time, each VM's newest point at or before it.
+    let points = harness.points();
+    let mut by_vm: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for point in &points {
+        by_vm
+            .entry(text(point, "vm"))
+            .or_default()
+            .push((text(point, "time"), text(point, "point")));
+    }
+    assert_eq!(by_vm.len(), VMS);
+    let times: std::collections::BTreeSet<String> =
+        points.iter().map(|p| text(p, "time")).collect();
+    assert!(
+        times.len() >= 3,
+        "several cuts made points: {}",
+        times.len()
+    );
+    let mut restored: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (vm, list) in &by_vm {
+        for (_, point) in list {
+            let target = harness.path(&format!("restored-{point}"));
+            harness.restore(point, &target, &[]);
+            restored.insert(
+                point.clone(),
+                (
+                    counter(&target.join("a.raw")),
+                    counter(&target.join("b.raw")),
+                ),
+            );
+            let _ = vm;
+        }
+    }
+    let newest_at = |vm: &str, time: &str| -> Option<(u64, u64)> {
+        by_vm[vm]
+            .iter()
+            .rfind(|(t, _)| t.as_str() <= time)
+            .map(|(_, point)| restored[point])
+    };
+    let mut checked = 0;
+    for time in &times {
+        for k in 0..VMS {
+            let (Some((a, _)), Some((_, b))) = (
+                newest_at(&format!("vm{k:02}"), time),
+                newest_at(&format!("vm{:02}", (k + 1) % VMS), time),
+            ) else {
+                continue;
+            };
+            assert!(
+                b <= a && a <= b + 1,
+                "at {time}: a of vm{k:02} is {a}, b of the next VM is {b}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * VMS, "{checked} pairs checked");
+    // The final points hold the last values.
+    for (k, total) in totals.iter().enumerate() {
+        let (a, _) = newest_at(&format!("vm{k:02}"), "9999").unwrap();
+        assert_eq!(a, *total, "vm{k:02} ends with its writer's last value");
+    }
+}

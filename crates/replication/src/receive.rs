@@ -1,0 +1,333 @@
+//! The receiver in the recovery region: applies shipped cuts to replica disks and makes
+//! recovery points from them in that region's repository.
+//!
+//! For each committed cut, in order: apply every part's writes to the replicas, fsync them,
+//! record the cut as applied; if the cut leaves the replicas consistent, make one point
+//! per VM that changed (an incremental backup of its replicas reading only what the cuts
+//! wrote), record it, and delete the cut's objects. Killed at any step, the next run
+//! redoes from the last recorded step.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use lifeboat_backup::{BackupOptions, NoProgress};
+use lifeboat_disk::source::Range;
+use lifeboat_repository::{Consistency, ObjectKind, Repository};
+
+use crate::cut::{self, CutCommit, VmLayout};
+use crate::error::{ReplicationError, Result, io};
+use crate::replica_state::ReplicaState;
+
+/// Changed ranges are kept at this granularity (the repository's chunks are no smaller).
+const PENDING_GRANULARITY: u64 = 64 * 1024;
+
+/// What one run of the receiver did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReceiveReport {
+    pub group: String,
+    /// Cuts applied.
+    pub cuts: u64,
+    /// Bytes of writes applied.
+    pub bytes_applied: u64,
+    /// Points made, `vm` → point.
+    pub points: BTreeMap<String, String>,
+    /// Time of the last cut applied: the replicas hold every write acknowledged up to then.
+    pub applied_time: Option<String>,
+    /// False while a resync is in progress.
+    pub consistent: bool,
+    pub seconds: f64,
+}
+
+/// Receives one group into a replicas directory.
+pub struct Receiver<'a> {
+    repository: &'a Repository,
+    group: String,
+    tag: String,
+    directory: PathBuf,
+    state: ReplicaState,
+}
+
+/// Directory of a VM's replicas: its name where that is a plain file name, else a hex form.
+fn vm_directory(vm: &str) -> String {
+    let plain = !vm.is_empty()
+        && !vm.starts_with('.')
+        && vm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        vm.to_string()
+    } else {
+        format!("vm-{}", hex::encode(vm.as_bytes()))
+    }
+}
+
+impl<'a> Receiver<'a> {
+    /// A receiver of `group` from `repository` into `directory` (created if needed).
+    pub fn open(repository: &'a Repository, group: &str, directory: &Path) -> Result<Receiver<'a>> {
+        std::fs::create_dir_all(directory).map_err(|e| io(directory, "create", e))?;
+        let repository_id = repository.config().repository_id.clone();
+        let state = match ReplicaState::load(directory)? {
+            Some(state) if state.group != group || state.repository_id != repository_id => {
+                return Err(ReplicationError::Invalid(format!(
+                    "{} holds replicas of group '{}' from repository {}, not of group '{group}' from {}; use another directory",
+                    directory.display(),
+                    state.group,
+                    state.repository_id,
+                    repository.location()
+                )));
+            }
+            Some(state) => state,
+            None => ReplicaState::new(group, &repository_id),
+        };
+        Ok(Receiver {
+            tag: cut::group_tag(repository.crypto(), group),
+            repository,
+            group: group.to_string(),
+            directory: directory.to_path_buf(),
+            state,
+        })
+    }
+
+    /// Where the replicas stand.
+    pub fn state(&self) -> &ReplicaState {
+        &self.state
+    }
+
+    /// The replica of a disk.
+    pub fn replica_path(&self, vm: &str, disk: &str) -> PathBuf {
+        self.directory.join(vm_directory(vm)).join(disk)
+    }
+
+    /// Applies every committed cut not applied yet, making points from consistent ones.
+    pub fn receive(&mut self) -> Result<ReceiveReport> {
+        let started = Instant::now();
+        let mut report = ReceiveReport {
+            group: self.group.clone(),
+            ..ReceiveReport::default()
+        };
+        // A point interrupted after its cut was applied.
+        if self.state.applied_consistent && self.state.sealed_ordinal < self.state.applied_ordinal {
+            let time = self.state.applied_time.clone();
+            self.seal(&time, &mut report)?;
+        }
+        let objects = self.repository.storage().list(ObjectKind::Cut)?;
+        let mut commits: Vec<u64> = Vec::new();
+        let mut all: Vec<(u64, String)> = Vec::new();
+        for object in objects {
+            if let Some((ordinal, is_commit)) = cut::parse_name(&self.tag, &object.name) {
+                if is_commit && ordinal > self.state.applied_ordinal {
+                    commits.push(ordinal);
+                }
+                all.push((ordinal, object.name));
+            }
+        }
+        commits.sort_unstable();
+        let mut next = match commits.first() {
+            Some(&ordinal) => Some(self.read_commit(ordinal)?),
+            None => None,
+        };
+        let mut position = 0;
+        while let Some(commit) = next.take() {
+            position += 1;
+            next = match commits.get(position) {
+                Some(&ordinal) => Some(self.read_commit(ordinal)?),
+                None => None,
+            };
+            report.bytes_applied += self.apply(&commit)?;
+            report.cuts += 1;
+            // Behind, points are made from the last consistent cut before the replicas
+            // change again: the newest state, without a point per cut to catch up with.
+            let last_consistent = next.as_ref().is_none_or(|n| !n.consistent);
+            if commit.consistent && last_consistent {
+                self.seal(&commit.time, &mut report)?;
+            }
+            self.delete_up_to(commit.ordinal, &all);
+        }
+        report.applied_time =
+            (!self.state.applied_time.is_empty()).then(|| self.state.applied_time.clone());
+        report.consistent = self.state.applied_consistent;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn read_commit(&self, ordinal: u64) -> Result<CutCommit> {
+        let name = cut::commit_name(&self.tag, ordinal);
+        let sealed = self.repository.storage().read(ObjectKind::Cut, &name)?;
+        let commit = cut::open_commit(self.repository.crypto(), &name, &sealed)?;
+        if commit.group != self.group || commit.ordinal != ordinal {
+            return Err(ReplicationError::DamagedCut {
+                name,
+                detail: format!(
+                    "it belongs to group '{}' cut {}",
+                    commit.group, commit.ordinal
+                ),
+            });
+        }
+        Ok(commit)
+    }
+
+    /// Applies one cut to the replicas and records it; returns the bytes written.
+    fn apply(&mut self, commit: &CutCommit) -> Result<u64> {
+        let mut files = self.prepare(&commit.vms)?;
+        let mut applied = 0u64;
+        for part_name in &commit.parts {
+            let sealed = self.repository.storage().read(ObjectKind::Cut, part_name)?;
+            let part = cut::open_part(self.repository.crypto(), part_name, sealed)?;
+            if part.ordinal != commit.ordinal {
+                return Err(ReplicationError::DamagedCut {
+                    name: part_name.clone(),
+                    detail: format!("it belongs to cut {}, not {}", part.ordinal, commit.ordinal),
+                });
+            }
+            for (write, bytes) in part.iter() {
+                let layout = commit
+                    .vms
+                    .get(write.vm)
+                    .and_then(|vm| vm.disks.get(write.disk).map(|disk| (vm, disk)));
+                let Some((vm, disk)) = layout else {
+                    return Err(ReplicationError::DamagedCut {
+                        name: part_name.clone(),
+                        detail: format!(
+                            "a write names disk {} of VM {}, which the cut does not have",
+                            write.disk, write.vm
+                        ),
+                    });
+                };
+                if write.offset + write.length > disk.size_bytes {
+                    return Err(ReplicationError::DamagedCut {
+                        name: part_name.clone(),
+                        detail: format!("a write ends past the end of disk '{}'", disk.name),
+                    });
+                }
+                let (path, file) = &files[write.vm][write.disk];
+                match bytes {
+                    Some(bytes) => file
+                        .write_all_at(bytes, write.offset)
+                        .map_err(|e| io(path, "write", e))?,
+                    None => crate::write_zeroes(file, write.offset, write.length)
+                        .map_err(|e| io(path, "write zeros to", e))?,
+                }
+                applied += write.length;
+                let start = write.offset / PENDING_GRANULARITY * PENDING_GRANULARITY;
+                let end = (write.offset + write.length).div_ceil(PENDING_GRANULARITY)
+                    * PENDING_GRANULARITY;
+                self.state.add_pending(
+                    &vm.name,
+                    &disk.name,
+                    start,
+                    end.min(disk.size_bytes) - start,
+                );
+            }
+        }
+        for (path, file) in files.drain(..).flatten() {
+            file.sync_data().map_err(|e| io(&path, "flush", e))?;
+        }
+        self.state.vms = commit.vms.clone();
+        self.state.applied_ordinal = commit.ordinal;
+        self.state.applied_time = commit.time.clone();
+        self.state.applied_consistent = commit.consistent;
+        self.state.save(&self.directory)?;
+        Ok(applied)
+    }
+
+    /// Opens (creating or growing) every replica of the layout.
+    fn prepare(&self, vms: &[VmLayout]) -> Result<Vec<Vec<(PathBuf, File)>>> {
+        let mut files = Vec::new();
+        for vm in vms {
+            let directory = self.directory.join(vm_directory(&vm.name));
+            std::fs::create_dir_all(&directory).map_err(|e| io(&directory, "create", e))?;
+            let mut disks = Vec::new();
+            for disk in &vm.disks {
+                if disk.name.contains('/') || disk.name.starts_with('.') || disk.name.is_empty() {
+                    return Err(ReplicationError::Invalid(format!(
+                        "disk name '{}' of VM '{}' is not a plain file name",
+                        disk.name, vm.name
+                    )));
+                }
+                let path = directory.join(&disk.name);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| io(&path, "open", e))?;
+                let size = file
+                    .metadata()
+                    .map_err(|e| io(&path, "read the size of", e))?
+                    .len();
+                if size < disk.size_bytes {
+                    file.set_len(disk.size_bytes)
+                        .map_err(|e| io(&path, "grow", e))?;
+                }
+                disks.push((path, file));
+            }
+            files.push(disks);
+        }
+        Ok(files)
+    }
+
+    /// Makes a point of every VM that changed since its last point, from the replicas.
+    fn seal(&mut self, time: &str, report: &mut ReceiveReport) -> Result<()> {
+        let vms = self.state.vms.clone();
+        for vm in &vms {
+            let pending = self
+                .state
+                .pending
+                .get(&vm.name)
+                .cloned()
+                .unwrap_or_default();
+            let has_point = self.state.points.contains_key(&vm.name);
+            if has_point && pending.values().all(Vec::is_empty) {
+                continue;
+            }
+            let disks: Vec<PathBuf> = vm
+                .disks
+                .iter()
+                .map(|disk| self.replica_path(&vm.name, &disk.name))
+                .collect();
+            let changed: Vec<Vec<Range>> = vm
+                .disks
+                .iter()
+                .map(|disk| {
+                    pending
+                        .get(&disk.name)
+                        .map(|ranges| {
+                            ranges
+                                .iter()
+                                .map(|&(offset, length)| Range { offset, length })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect();
+            let mut options = BackupOptions::new(vm.name.clone(), disks);
+            options.changed_ranges = Some(changed);
+            options.time = Some(time.to_string());
+            options.consistency = Consistency::Crash;
+            let made = lifeboat_backup::backup(self.repository, &options, &NoProgress)?;
+            self.state.pending.remove(&vm.name);
+            self.state
+                .points
+                .insert(vm.name.clone(), made.point.clone());
+            report.points.insert(vm.name.clone(), made.point);
+            // Recorded per VM: a crash between two VMs makes only the missing points again.
+            self.state.save(&self.directory)?;
+        }
+        self.state.sealed_ordinal = self.state.applied_ordinal;
+        self.state.save(&self.directory)
+    }
+
+    /// Deletes the cut objects of this group up to `ordinal` (failed attempts included).
+    fn delete_up_to(&self, ordinal: u64, objects: &[(u64, String)]) {
+        for (_, name) in objects.iter().filter(|(o, _)| *o <= ordinal) {
+            if let Err(error) = self.repository.storage().delete(ObjectKind::Cut, name) {
+                tracing::warn!(object = %name, %error, "cannot delete an applied cut object");
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Shipping cuts of a group's journal into the recovery region's repository.
+//!
+//! Each round takes a cut, writes its parts and then its commit (create-if-absent) into
+//! `cuts/` of the recovery repository, and frees the cut's memory. A round that fails (the
+//! link is down, the repository is full) puts the cut back into the journal: the next round
+//! ships it together with what came since, and nothing acknowledged is lost. While the link
+//! stays down the journal overflows into resync ranges, read again from the images once it
+//! is back — only what changed is sent.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use lifeboat_repository::{ObjectKind, Repository};
+
+use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
+use crate::error::{Result, io};
+use crate::journal::{Cut, Journal, JournalStatus, Payload};
+
+/// Largest part object.
+const PART_BYTES: usize = 32 * 1024 * 1024;
+/// Largest read from an image while resyncing.
+const RESYNC_READ_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Settings of a sender.
+#[derive(Clone, Debug)]
+pub struct SenderOptions {
+    /// Bytes read again from the images per cut while resyncing.
+    pub resync_bytes_per_cut: u64,
+}
+
+impl Default for SenderOptions {
+    fn default() -> Self {
+        SenderOptions {
+            resync_bytes_per_cut: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What one round shipped.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShipReport {
+    pub group: String,
+    /// The cut's ordinal (its name in the repository).
+    pub ordinal: u64,
+    /// The last write sequence number in the cut.
+    pub sequence: u64,
+    pub time: String,
+    pub writes: u64,
+    /// Bytes of journaled writes.
+    pub journal_bytes: u64,
+    /// Bytes read again from the images.
+    pub resync_bytes: u64,
+    /// Bytes of part objects written.
+    pub shipped_bytes: u64,
+    pub consistent: bool,
+    pub seconds: f64,
+    /// The journal after the round.
+    pub pending_writes: u64,
+    pub pending_bytes: u64,
+    pub resync_pending_bytes: u64,
+}
+
+/// Ships one group's cuts.
+pub struct Sender {
+    repository: Repository,
+    group: String,
+    tag: String,
+    vms: Vec<VmLayout>,
+    images: Vec<Vec<(PathBuf, File)>>,
+    journal: Arc<Mutex<Journal>>,
+    incarnation: String,
+    /// The ordinal of the last cut shipped or found in the repository.
+    last_ordinal: Mutex<u64>,
+    options: SenderOptions,
+}
+
+impl Sender {
+    /// A sender of `group` into `repository`, reading resync ranges from `images` (per VM,
+    /// per disk, in the order of `vms`).
+    pub fn new(
+        repository: Repository,
+        group: &str,
+        vms: Vec<VmLayout>,
+        images: Vec<Vec<PathBuf>>,
+        journal: Arc<Mutex<Journal>>,
+        options: SenderOptions,
+    ) -> Result<Sender> {
+        let mut opened = Vec::new();
+        for disks in images {
+            let mut files = Vec::new();
+            for path in disks {
+                let file = File::open(&path).map_err(|e| io(&path, "open", e))?;
+                files.push((path, file));
+            }
+            opened.push(files);
+        }
+        let mut incarnation = [0u8; 8];
+        lifeboat_repository::crypto::fill_random(&mut incarnation);
+        let tag = cut::group_tag(repository.crypto(), group);
+        let last_ordinal = repository
+            .storage()
+            .list(ObjectKind::Cut)?
+            .iter()
+            .filter_map(|object| cut::parse_name(&tag, &object.name))
+            .map(|(ordinal, _)| ordinal)
+            .max()
+            .unwrap_or(0);
+        Ok(Sender {
+            tag,
+            last_ordinal: Mutex::new(last_ordinal),
+            repository,
+            group: group.to_string(),
+            vms,
+            images: opened,
+            journal,
+            incarnation: hex::encode(incarnation),
+            options,
+        })
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal
+            .lock()
+            .expect("the journal lock is never poisoned: recording cannot panic")
+    }
+
+    /// The journal's counters.
+    pub fn status(&self) -> JournalStatus {
+        self.journal().status()
+    }
+
+    /// Takes a cut and ships it; on failure the cut goes back into the journal.
+    pub fn ship(&self) -> Result<ShipReport> {
+        let started = Instant::now();
+        let cut = self.journal().take_cut(self.options.resync_bytes_per_cut);
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        match self.write_cut(&cut, &time) {
+            Ok((ordinal, shipped_bytes, resync_bytes)) => {
+                let status = self.status();
+                Ok(ShipReport {
+                    group: self.group.clone(),
+                    ordinal,
+                    sequence: cut.sequence,
+                    time,
+                    writes: cut.writes.len() as u64,
+                    journal_bytes: cut.journal_bytes(),
+                    resync_bytes,
+                    shipped_bytes,
+                    consistent: cut.consistent,
+                    seconds: started.elapsed().as_secs_f64(),
+                    pending_writes: status.pending_writes,
+                    pending_bytes: status.pending_bytes,
+                    resync_pending_bytes: status.resync_bytes,
+                })
+            }
+            Err(error) => {
+                self.journal().put_back(cut);
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes the parts and the commit of `cut`; returns its ordinal, bytes shipped and
+    /// bytes resynced.
+    fn write_cut(&self, cut: &Cut, time: &str) -> Result<(u64, u64, u64)> {
+        let ordinal = {
+            let mut last = self.last_ordinal.lock().expect("never poisoned");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            *last = now.max(*last + 1);
+            *last
+        };
+        let storage = self.repository.storage();
+        let crypto = self.repository.crypto();
+        let mut attempt = [0u8; 4];
+        lifeboat_repository::crypto::fill_random(&mut attempt);
+        let attempt = hex::encode(attempt);
+        let mut parts = Vec::new();
+        let mut shipped = 0u64;
+        let mut builder = PartBuilder::new(ordinal);
+        let mut flush = |builder: &mut PartBuilder| -> Result<()> {
+            if builder.is_empty() {
+                return Ok(());
+            }
+            let full = std::mem::replace(builder, PartBuilder::new(ordinal));
+            let name = cut::part_name(&self.tag, ordinal, &attempt, parts.len());
+            let sealed = full.seal(crypto);
+            shipped += sealed.len() as u64;
+            storage.create(ObjectKind::Cut, &name, &sealed)?;
+            parts.push(name);
+            Ok(())
+        };
+        for write in &cut.writes {
+            let bytes = match &write.payload {
+                Payload::Data(bytes) => Some(&bytes[..]),
+                Payload::Zeroes => None,
+            };
+            builder.push(
+                write.disk.vm,
+                write.disk.disk,
+                write.offset,
+                write.length,
+                bytes,
+            );
+            if builder.data_bytes() >= PART_BYTES {
+                flush(&mut builder)?;
+            }
+        }
+        // Resync ranges are read now, after the cut: they may hold later writes, which the
+        // next cuts apply again in order.
+        let mut resynced = 0u64;
+        let mut buffer = Vec::new();
+        for range in &cut.resync {
+            let (path, file) = &self.images[range.disk.vm][range.disk.disk];
+            let mut offset = range.offset;
+            let end = range.offset + range.length;
+            while offset < end {
+                let length = (end - offset).min(RESYNC_READ_BYTES);
+                buffer.resize(length as usize, 0);
+                file.read_exact_at(&mut buffer, offset)
+                    .map_err(|e| io(path, "read for resync", e))?;
+                let zero = buffer.iter().all(|&b| b == 0);
+                builder.push(
+                    range.disk.vm,
+                    range.disk.disk,
+                    offset,
+                    length,
+                    (!zero).then_some(&buffer[..]),
+                );
+                resynced += length;
+                if builder.data_bytes() >= PART_BYTES {
+                    flush(&mut builder)?;
+                }
+                offset += length;
+            }
+        }
+        flush(&mut builder)?;
+        let commit = CutCommit {
+            format: cut::FORMAT,
+            group: self.group.clone(),
+            ordinal,
+            sequence: cut.sequence,
+            time: time.to_string(),
+            vms: self.vms.clone(),
+            parts,
+            consistent: cut.consistent,
+            application_consistent: false,
+            sender: self.incarnation.clone(),
+        };
+        let sealed = cut::seal_commit(crypto, &commit);
+        let name = cut::commit_name(&self.tag, ordinal);
+        storage.create(ObjectKind::Cut, &name, &sealed)?;
+        Ok((ordinal, shipped + sealed.len() as u64, resynced))
+    }
+}
