@@ -13,7 +13,8 @@
 //! # Pipeline
 //!
 //! ```text
-//! reader ──runs──▶ workers (open, decompress, hash, place in the window) ──▶ window write
+//! planner ──requests──▶ readers (3 at once) ──runs──▶ workers (open, decompress, hash,
+//!                                                    place in the window) ──▶ this thread (write)
 //! ```
 //!
 //! A disk is restored window by window ([`WINDOW_BYTES`]), in disk order, a few windows
@@ -43,6 +44,8 @@ use crate::progress::Progress;
 
 /// Adjacent blobs of one pack are read together up to this size.
 const READ_RUN_BYTES: u64 = 8 * 1024 * 1024;
+/// Reads outstanding at once.
+const READERS: usize = 3;
 /// Disk bytes restored as one window.
 const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 /// Windows being filled at once.
@@ -85,6 +88,15 @@ struct Wanted {
     chunk_index: usize,
     id: ChunkId,
     location: ChunkLocation,
+}
+
+/// Adjacent stored blobs to read with one request, for one window.
+struct ReadRequest {
+    window: Arc<Window>,
+    pack: u32,
+    start: u64,
+    length: u64,
+    chunks: Vec<Wanted>,
 }
 
 /// Adjacent stored blobs read with one request, for one window.
@@ -301,17 +313,23 @@ fn restore_disk(
         let wanted = &wanted;
         let place = &place;
         let free_receiver = &free_receiver;
+        let (request_sender, request_receiver) = bounded::<ReadRequest>(READERS);
         scope.spawn(move || {
-            read_windows(
-                repository,
-                index,
+            plan_windows(
                 wanted,
                 chunks_per_window,
                 free_receiver,
-                run_sender,
+                request_sender,
                 abort,
             )
         });
+        for _ in 0..READERS {
+            let requests = request_receiver.clone();
+            let runs = run_sender.clone();
+            scope.spawn(move || read_ranges(repository, index, requests, runs, abort));
+        }
+        drop(request_receiver);
+        drop(run_sender);
         for _ in 0..threads {
             let runs = run_receiver.clone();
             let done = done_sender.clone();
@@ -377,16 +395,13 @@ impl Place<'_> {
     }
 }
 
-/// Reads the wanted chunks window by window in disk order; within a window, in storage
-/// order with adjacent blobs of one pack in one request.
-#[allow(clippy::too_many_arguments)]
-fn read_windows(
-    repository: &Repository,
-    index: &ChunkIndex,
+/// Plans the reads window by window in disk order; within a window, in storage order
+/// with adjacent blobs of one pack in one request.
+fn plan_windows(
     wanted: &[Wanted],
     chunks_per_window: usize,
     free: &Receiver<WindowBuffer>,
-    runs: Sender<ReadRun>,
+    requests: Sender<ReadRequest>,
     abort: &AtomicBool,
 ) {
     // `wanted` is in disk order.
@@ -447,25 +462,51 @@ fn read_windows(
                 chunks.push(order[position]);
                 position += 1;
             }
-            let bytes = repository
-                .storage()
-                .read_range(
-                    ObjectKind::Pack,
-                    index.pack_name(first.location.pack),
-                    start,
-                    end - start,
-                )
-                .map_err(RepositoryError::from);
-            let run = ReadRun {
+            let request = ReadRequest {
                 window: Arc::clone(&window),
                 pack: first.location.pack,
                 start,
+                length: end - start,
                 chunks,
-                bytes,
             };
-            if runs.send(run).is_err() {
+            if requests.send(request).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Reads requested ranges; several of these run at once, so the storage always has reads
+/// outstanding (one direct read at a time leaves a disk idle between requests).
+fn read_ranges(
+    repository: &Repository,
+    index: &ChunkIndex,
+    requests: Receiver<ReadRequest>,
+    runs: Sender<ReadRun>,
+    abort: &AtomicBool,
+) {
+    for request in requests {
+        if abort.load(Ordering::Relaxed) {
+            return;
+        }
+        let bytes = repository
+            .storage()
+            .read_range(
+                ObjectKind::Pack,
+                index.pack_name(request.pack),
+                request.start,
+                request.length,
+            )
+            .map_err(RepositoryError::from);
+        let run = ReadRun {
+            window: request.window,
+            pack: request.pack,
+            start: request.start,
+            chunks: request.chunks,
+            bytes,
+        };
+        if runs.send(run).is_err() {
+            return;
         }
     }
 }
