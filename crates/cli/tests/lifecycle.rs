@@ -228,12 +228,22 @@ fn prune_beside_a_running_backup_never_deletes_what_it_will_need() {
     harness.backup("vm", &[&unrelated]);
     harness.ok(&["forget", "--vm", "vm", "--keep-last", "1"]);
     assert_eq!(harness.points().len(), 1);
+    // A large disk of random data first keeps the backup running (lease held, point not
+    // committed) long enough for prune to run beside it, however fast the machine.
+    let slow = harness.path("slow.raw");
+    let random = std::process::Command::new("head")
+        .args(["-c", "96M", "/dev/urandom"])
+        .stdout(std::fs::File::create(&slow).unwrap())
+        .status()
+        .unwrap();
+    assert!(random.success());
     let mut backup = harness
         .command()
         .args([
             "backup",
             "--vm",
             "other",
+            slow.to_str().unwrap(),
             big.to_str().unwrap(),
             image.to_str().unwrap(),
         ])
