@@ -340,16 +340,13 @@ fn backup_locked(
             .changed_ranges
             .as_ref()
             .and_then(|disks| disks.get(number));
-        let (change, mode) = match (&disk.base, source.dirty_ranges()?) {
+        let (change, mode) = match (&disk.base, known, source.dirty_ranges()?) {
             _ if !options.change_tracking => (Change::Unknown, "full"),
-            (Some(_), _) if known.is_some() => (
-                Change::Dirty(known.cloned().unwrap_or_default()),
-                "replicated",
-            ),
-            (Some((entry, _)), _) if state.is_some() && entry.source_fingerprint == state => {
+            (Some(_), Some(known), _) => (Change::Dirty(known.clone()), "replicated"),
+            (Some((entry, _)), None, _) if state.is_some() && entry.source_fingerprint == state => {
                 (Change::Unchanged, "unchanged")
             }
-            (Some(_), Some(dirty)) => (Change::Dirty(dirty), "dirty-bitmap"),
+            (Some(_), None, Some(dirty)) => (Change::Dirty(dirty), "dirty-bitmap"),
             _ => (Change::Unknown, "full"),
         };
         let plan = plan_disk(

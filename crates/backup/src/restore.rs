@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use lifeboat_directio::AlignedBuffer as WindowBuffer;
 use lifeboat_disk::{Format, TargetDisk, restored_file_name};
 use lifeboat_repository::blob::chunk_from_group;
 use lifeboat_repository::{
@@ -99,12 +100,9 @@ struct ReadRequest {
     chunks: Vec<Wanted>,
 }
 
-/// Adjacent stored blobs read with one request, for one window.
+/// A request and what it read.
 struct ReadRun {
-    window: Arc<Window>,
-    pack: u32,
-    start: u64,
-    chunks: Vec<Wanted>,
+    request: ReadRequest,
     bytes: Result<Vec<u8>, RepositoryError>,
 }
 
@@ -114,34 +112,35 @@ struct Window {
     first_chunk: usize,
     /// Wanted (non-zero) chunk indexes of the window, ascending.
     chunks: Vec<usize>,
-    /// The window's bytes; taken back for the next window once written.
+    /// The window's bytes (aligned, so large writes of them bypass the page cache
+    /// without a copy); taken back for the next window once written.
     buffer: Mutex<Option<WindowBuffer>>,
     /// Chunks not placed yet; the worker placing the last one writes the window.
     remaining: AtomicUsize,
 }
 
-/// A reusable window buffer whose data starts at a 4 KiB-aligned address (large writes
-/// of it may bypass the page cache without a copy).
-struct WindowBuffer {
-    memory: Vec<u8>,
-    start: usize,
+impl Window {
+    /// Copies a chunk's bytes to its place in the window.
+    fn place(&self, chunk_index: usize, chunk_size: usize, data: &[u8]) -> Result<()> {
+        let mut buffer = self.buffer.lock().map_err(|_| worker_failed())?;
+        let buffer = buffer.as_mut().ok_or_else(worker_failed)?;
+        let at = (chunk_index - self.first_chunk) * chunk_size;
+        buffer.bytes_mut()[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Takes the buffer of the complete window.
+    fn take_buffer(&self) -> Result<WindowBuffer> {
+        self.buffer
+            .lock()
+            .map_err(|_| worker_failed())?
+            .take()
+            .ok_or_else(worker_failed)
+    }
 }
 
-impl WindowBuffer {
-    fn new(length: usize) -> WindowBuffer {
-        let memory = vec![0u8; length + 4096];
-        let start = memory.as_ptr().align_offset(4096);
-        WindowBuffer { memory, start }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.memory[self.start..]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        let start = self.start;
-        &mut self.memory[start..]
-    }
+fn worker_failed() -> EngineError {
+    EngineError::Refused("a restore worker failed".to_string())
 }
 
 /// Restores every disk of `manifest`.
@@ -341,12 +340,7 @@ fn restore_disk(
         let mut total = 0u64;
         for item in done_receiver {
             let written = item.and_then(|window| {
-                let buffer = window
-                    .buffer
-                    .lock()
-                    .ok()
-                    .and_then(|mut b| b.take())
-                    .ok_or_else(|| EngineError::Refused("a restore worker failed".to_string()))?;
+                let buffer = window.take_buffer()?;
                 let written = write_window(&target, disk_index, &window, &buffer);
                 let _ = free_sender.send(buffer);
                 written
@@ -498,14 +492,7 @@ fn read_ranges(
                 request.length,
             )
             .map_err(RepositoryError::from);
-        let run = ReadRun {
-            window: request.window,
-            pack: request.pack,
-            start: request.start,
-            chunks: request.chunks,
-            bytes,
-        };
-        if runs.send(run).is_err() {
+        if runs.send(ReadRun { request, bytes }).is_err() {
             return;
         }
     }
@@ -547,24 +534,9 @@ fn fill_windows(
         if abort.load(Ordering::Relaxed) {
             return;
         }
-        let ReadRun {
-            window,
-            pack,
-            start,
-            chunks,
-            bytes,
-        } = run;
-        let placed = place_run(
-            repository,
-            index,
-            place,
-            &mut decoder,
-            &window,
-            pack,
-            start,
-            &chunks,
-            bytes.ok(),
-        );
+        let ReadRun { request, bytes } = run;
+        let placed = place_run(repository, index, place, &mut decoder, &request, bytes.ok());
+        let window = request.window;
         let result = match placed {
             Ok(placed) if window.remaining.fetch_sub(placed, Ordering::AcqRel) != placed => {
                 continue;
@@ -580,35 +552,26 @@ fn fill_windows(
 }
 
 /// Places the chunks of one run into their window; returns how many were placed.
-#[allow(clippy::too_many_arguments)]
 fn place_run(
     repository: &Repository,
     index: &ChunkIndex,
     place: &Place,
     decoder: &mut BlobDecoder,
-    window: &Window,
-    pack: u32,
-    start: u64,
-    chunks: &[Wanted],
+    request: &ReadRequest,
     mut bytes: Option<Vec<u8>>,
 ) -> Result<usize> {
+    let window = &request.window;
+    let start = request.start;
     let crypto = repository.crypto();
     let chunk_size = place.disk_index.chunk_size_bytes as usize;
     let mut failed: Vec<Wanted> = Vec::new();
     let mut placed = 0usize;
-    let copy_into = |chunk_index: usize, data: &[u8]| -> Result<()> {
-        let mut buffer = window.buffer.lock().ok();
-        let buffer = buffer
-            .as_mut()
-            .and_then(|b| b.as_mut())
-            .ok_or_else(|| EngineError::Refused("a restore worker failed".to_string()))?;
-        let at = (chunk_index - window.first_chunk) * chunk_size;
-        buffer.bytes_mut()[at..at + data.len()].copy_from_slice(data);
-        Ok(())
-    };
-    for blob in chunks.chunk_by(|a, b| a.location.blob_offset == b.location.blob_offset) {
+    for blob in request
+        .chunks
+        .chunk_by(|a, b| a.location.blob_offset == b.location.blob_offset)
+    {
         let first = blob[0].location;
-        debug_assert_eq!(first.pack, pack);
+        debug_assert_eq!(first.pack, request.pack);
         let group = bytes.as_mut().and_then(|bytes| {
             let at = (first.blob_offset as u64 - start) as usize;
             let sealed = &mut bytes[at..at + first.blob_bytes as usize];
@@ -627,7 +590,7 @@ fn place_run(
                 wanted.location.raw_bytes,
             ) {
                 Ok(data) => {
-                    copy_into(wanted.chunk_index, data)?;
+                    window.place(wanted.chunk_index, chunk_size, data)?;
                     placed += 1;
                 }
                 Err(_) => failed.push(*wanted),
@@ -639,7 +602,7 @@ fn place_run(
         let data = repository
             .read_chunk(index, &wanted.id, decoder)
             .map_err(|error| place.damaged(wanted.chunk_index, error))?;
-        copy_into(wanted.chunk_index, &data)?;
+        window.place(wanted.chunk_index, chunk_size, &data)?;
         placed += 1;
     }
     Ok(placed)

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// A running `lifeboat protect`, killed on drop.
 struct Protect {
-    child: Child,
+    _child: Killed,
     socket: PathBuf,
 }
 
@@ -54,18 +54,14 @@ impl Protect {
             assert!(Instant::now() < deadline, "protect never opened its socket");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Protect { child, socket }
+        Protect {
+            _child: Killed(child),
+            socket,
+        }
     }
 
     fn client(&self, export: &str) -> Client {
         Client::connect_unix(&self.socket, export, &[]).unwrap()
-    }
-}
-
-impl Drop for Protect {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

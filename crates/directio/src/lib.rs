@@ -13,6 +13,7 @@
 //! - [`write_new_file`]: creates a file with the given bytes, fsynced.
 //! - [`read_range`]: reads a range of a file.
 //! - [`DirectWriter`]: positional writes into an existing file from any number of threads.
+//! - [`AlignedBuffer`]: memory to write from without a staging copy.
 //!
 //! # What this crate must not know
 //!
@@ -29,14 +30,51 @@ use std::path::Path;
 pub const ALIGNMENT: usize = 4096;
 
 /// True when a write of `length` bytes at `offset` may go direct.
-pub fn is_aligned(offset: u64, length: usize) -> bool {
+fn is_aligned(offset: u64, length: usize) -> bool {
     offset.is_multiple_of(ALIGNMENT as u64) && length.is_multiple_of(ALIGNMENT) && length > 0
 }
 
+/// Zeroed memory starting at an [`ALIGNMENT`]-aligned address: written from, it goes
+/// direct without a staging copy.
+#[derive(Debug, Default)]
+pub struct AlignedBuffer {
+    memory: Vec<u8>,
+    start: usize,
+    length: usize,
+}
+
+impl AlignedBuffer {
+    /// `length` zero bytes.
+    pub fn new(length: usize) -> AlignedBuffer {
+        let memory = vec![0u8; length + ALIGNMENT];
+        let start = memory.as_ptr().align_offset(ALIGNMENT);
+        AlignedBuffer {
+            memory,
+            start,
+            length,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.length
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.memory[self.start..self.start + self.length]
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.memory[self.start..self.start + self.length]
+    }
+}
+
 thread_local! {
-    /// Each thread's aligned staging buffer: a vector with room to start at an aligned
-    /// address inside it.
-    static STAGING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's staging buffer for writes from unaligned memory.
+    static STAGING: RefCell<AlignedBuffer> = RefCell::new(AlignedBuffer::default());
 }
 
 /// Calls `f` with `data` in aligned memory: `data` itself when it is aligned, else a copy
@@ -47,11 +85,10 @@ fn with_aligned<R>(data: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     }
     STAGING.with(|staging| {
         let mut staging = staging.borrow_mut();
-        if staging.len() < data.len() + ALIGNMENT {
-            *staging = vec![0u8; data.len() + ALIGNMENT];
+        if staging.len() < data.len() {
+            *staging = AlignedBuffer::new(data.len());
         }
-        let start = staging.as_ptr().align_offset(ALIGNMENT);
-        let aligned = &mut staging[start..start + data.len()];
+        let aligned = &mut staging.bytes_mut()[..data.len()];
         aligned.copy_from_slice(data);
         f(aligned)
     })

@@ -60,8 +60,8 @@ fn is_no_space(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT)
 }
 
-/// Writes at least this large bypass the page cache (whole groups of a full restore);
-/// smaller ones (an incremental's scattered chunks) are gathered by the page cache.
+/// Writes at least this large bypass the page cache (the extents of a restore window);
+/// smaller ones (short extents between holes) are gathered by the page cache.
 const DIRECT_WRITE_MINIMUM_BYTES: usize = 1024 * 1024;
 
 /// After this many bytes are written, write-back of the file is started, so the final

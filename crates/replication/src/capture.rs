@@ -64,6 +64,11 @@ impl CapturedDisk {
         })
     }
 
+    /// Ranges of the image that may hold data (what an initial sync sends).
+    pub fn data_ranges(&self) -> Vec<lifeboat_disk::Range> {
+        lifeboat_disk::source::raw_data_ranges(&self.file, self.size_bytes)
+    }
+
     fn sync(&self, offset: u64) -> Result<(), ExportError> {
         self.file
             .sync_data()

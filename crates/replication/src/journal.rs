@@ -54,6 +54,14 @@ pub struct Write {
 }
 
 impl Write {
+    /// The bytes written; `None` for zeros.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Data(bytes) => Some(bytes),
+            Payload::Zeroes => None,
+        }
+    }
+
     fn memory_bytes(&self) -> u64 {
         match self.payload {
             Payload::Data(_) => self.length,
@@ -75,7 +83,7 @@ pub struct ResyncRange {
 pub struct Cut {
     /// Every write numbered up to this is in the cut (or was in an earlier one).
     pub sequence: u64,
-    pub writes: Vec<Write>,
+    pub writes: VecDeque<Write>,
     pub resync: Vec<ResyncRange>,
     /// False when resync data is in this cut or still to come: the replicas are not
     /// consistent after it.
@@ -168,17 +176,14 @@ impl Journal {
             return;
         }
         let ranges = self.resync.entry(disk).or_default();
-        let before: u64 = ranges.iter().map(|r| r.1).sum();
-        insert_range(ranges, offset, offset + length);
-        let after: u64 = ranges.iter().map(|r| r.1).sum();
-        self.resync_bytes += after - before;
+        self.resync_bytes += insert_range(ranges, offset, offset + length);
     }
 
     /// Takes a cut: every journaled write, and resync ranges of up to `resync_budget`
     /// bytes (split where needed). The caller reads those ranges from the images after
     /// this returns.
     pub fn take_cut(&mut self, resync_budget: u64) -> Cut {
-        let writes: Vec<Write> = self.writes.drain(..).collect();
+        let writes = std::mem::take(&mut self.writes);
         self.pending_bytes = 0;
         let had_resync = self.resync_bytes > 0;
         let mut resync = Vec::new();
@@ -243,18 +248,22 @@ impl Journal {
     }
 }
 
-/// Inserts `[start, end)` into sorted non-overlapping `(offset, length)` ranges, merging.
-pub(crate) fn insert_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+/// Inserts `[start, end)` into sorted non-overlapping `(offset, length)` ranges, merging;
+/// returns how many bytes were not covered before.
+pub(crate) fn insert_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) -> u64 {
     let mut start = start;
     let mut end = end;
     let first = ranges.partition_point(|&(offset, length)| offset + length < start);
     let mut last = first;
+    let mut covered = 0;
     while last < ranges.len() && ranges[last].0 <= end {
         start = start.min(ranges[last].0);
         end = end.max(ranges[last].0 + ranges[last].1);
+        covered += ranges[last].1;
         last += 1;
     }
     ranges.splice(first..last, [(start, end - start)]);
+    end - start - covered
 }
 
 #[cfg(test)]

@@ -50,7 +50,12 @@ pub struct Receiver<'a> {
     tag: String,
     directory: PathBuf,
     state: ReplicaState,
+    /// The replicas opened for the layout of the last cut, kept open across cuts.
+    open: Option<(Vec<VmLayout>, Replicas)>,
 }
+
+/// Open replica files, per VM, per disk.
+type Replicas = Vec<Vec<(PathBuf, File)>>;
 
 /// Directory of a VM's replicas: its name where that is a plain file name, else a hex form.
 fn vm_directory(vm: &str) -> String {
@@ -90,6 +95,7 @@ impl<'a> Receiver<'a> {
             group: group.to_string(),
             directory: directory.to_path_buf(),
             state,
+            open: None,
         })
     }
 
@@ -173,7 +179,10 @@ impl<'a> Receiver<'a> {
 
     /// Applies one cut to the replicas and records it; returns the bytes written.
     fn apply(&mut self, commit: &CutCommit) -> Result<u64> {
-        let mut files = self.prepare(&commit.vms)?;
+        let files = match self.open.take() {
+            Some((layout, files)) if layout == commit.vms => files,
+            _ => self.prepare(&commit.vms)?,
+        };
         let mut applied = 0u64;
         for part_name in &commit.parts {
             let sealed = self.repository.storage().read(ObjectKind::Cut, part_name)?;
@@ -224,9 +233,10 @@ impl<'a> Receiver<'a> {
                 );
             }
         }
-        for (path, file) in files.drain(..).flatten() {
-            file.sync_data().map_err(|e| io(&path, "flush", e))?;
+        for (path, file) in files.iter().flatten() {
+            file.sync_data().map_err(|e| io(path, "flush", e))?;
         }
+        self.open = Some((commit.vms.clone(), files));
         self.state.vms = commit.vms.clone();
         self.state.applied_ordinal = commit.ordinal;
         self.state.applied_time = commit.time.clone();
@@ -236,7 +246,7 @@ impl<'a> Receiver<'a> {
     }
 
     /// Opens (creating or growing) every replica of the layout.
-    fn prepare(&self, vms: &[VmLayout]) -> Result<Vec<Vec<(PathBuf, File)>>> {
+    fn prepare(&self, vms: &[VmLayout]) -> Result<Replicas> {
         let mut files = Vec::new();
         for vm in vms {
             let directory = self.directory.join(vm_directory(&vm.name));

@@ -19,7 +19,7 @@ use lifeboat_repository::{ObjectKind, Repository};
 
 use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
 use crate::error::{Result, io};
-use crate::journal::{Cut, Journal, JournalStatus, Payload};
+use crate::journal::{Cut, Journal, JournalStatus};
 
 /// Largest part object.
 const PART_BYTES: usize = 32 * 1024 * 1024;
@@ -198,16 +198,12 @@ impl Sender {
             Ok(())
         };
         for write in &cut.writes {
-            let bytes = match &write.payload {
-                Payload::Data(bytes) => Some(&bytes[..]),
-                Payload::Zeroes => None,
-            };
             builder.push(
                 write.disk.vm,
                 write.disk.disk,
                 write.offset,
                 write.length,
-                bytes,
+                write.bytes(),
             );
             if builder.data_bytes() >= PART_BYTES {
                 flush(&mut builder)?;
@@ -226,7 +222,7 @@ impl Sender {
                 buffer.resize(length as usize, 0);
                 file.read_exact_at(&mut buffer, offset)
                     .map_err(|e| io(path, "read for resync", e))?;
-                let zero = buffer.iter().all(|&b| b == 0);
+                let zero = lifeboat_backup::backup::is_zero(&buffer);
                 builder.push(
                     range.disk.vm,
                     range.disk.disk,

@@ -126,9 +126,9 @@ impl LocalDirectory {
 }
 
 /// Objects and ranges at least this large (packs) are written and read with `O_DIRECT`
-/// (see `lifeboat-directio`): they are written once, fsynced at once and read once by a
-/// restore or a copy; on virtual machines, copying them through the page cache costs more
-/// CPU than compressing them.
+/// (see `lifeboat-directio`): they are written once, fsynced at once and read in large
+/// ranges once by a restore; on virtual machines, copying them through the page cache
+/// costs more CPU than compressing them.
 const DIRECT_MINIMUM_BYTES: usize = 1024 * 1024;
 
 fn is_no_space(error: &std::io::Error) -> bool {

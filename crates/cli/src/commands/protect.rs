@@ -114,12 +114,9 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             };
             let disk = CapturedDisk::open(path, id, Arc::clone(&journal))?;
             // Initial sync: every allocated range, read from the image while writes go on.
-            let file = std::fs::File::open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
             {
                 let mut journal = journal.lock().expect("never poisoned");
-                for range in lifeboat_disk::source::raw_data_ranges(&file, info.virtual_size_bytes)
-                {
+                for range in disk.data_ranges() {
                     journal.add_resync(id, range.offset, range.length);
                 }
             }
