@@ -28,6 +28,17 @@ if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     cargo install --quiet --locked s3s-fs --version =0.14.1 --features binary
 fi
 
+# Azurite, Microsoft's Azure Blob Storage emulator, for the Azure Blob tests (Node.js from
+# Debian if the machine has none).
+if ! command -v azurite-blob >/dev/null; then
+    if ! command -v npm >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    npm install --global --silent azurite@3.37.0 >/dev/null
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

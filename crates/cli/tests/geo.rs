@@ -1,4 +1,5 @@
-//! Object storage, geo copies, regions and storage failover, against a real S3 server.
+//! Object storage, geo copies, regions and storage failover, against a real S3 server and
+//! a real Azure Blob emulator (Azurite).
 
 mod common;
 
@@ -7,14 +8,21 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Harness, identical, text};
-use lifeboat_testing::S3Server;
+use lifeboat_testing::{AzuriteServer, ObjectServer, S3Server};
 use serde_json::Value;
 
 /// `lifeboat` talking to `server`, with `--repo location`.
-fn at(harness: &Harness, server: &S3Server, location: &str) -> Command {
+fn at(harness: &Harness, server: &dyn ObjectServer, location: &str) -> Command {
+    between(harness, &[server], location)
+}
+
+/// `lifeboat` talking to each of `servers`, with `--repo location`.
+fn between(harness: &Harness, servers: &[&dyn ObjectServer], location: &str) -> Command {
     let mut command = harness.command();
+    for server in servers {
+        command.envs(server.environment());
+    }
     command
-        .envs(server.environment())
         .env("LIFEBOAT_STORAGE_RETRY_SECONDS", "3")
         .args(["--repo", location]);
     command
@@ -59,10 +67,18 @@ fn point_names(repository: &Path) -> Vec<String> {
 
 #[test]
 fn every_command_works_on_an_s3_repository() {
-    let server = S3Server::start();
+    every_command_works_on(&S3Server::start());
+}
+
+#[test]
+fn every_command_works_on_an_azure_blob_repository() {
+    every_command_works_on(&AzuriteServer::start());
+}
+
+fn every_command_works_on(server: &dyn ObjectServer) {
     let harness = Harness::uninitialised();
     let location = server.location("west");
-    let repo = || at(&harness, &server, &location);
+    let repo = || at(&harness, server, &location);
     ok(repo(), &["init"]);
     let image = harness.copy_image("fs.qcow2");
     let first = json(repo(), &["backup", "--vm", "web1", image.to_str().unwrap()]);
@@ -169,18 +185,23 @@ fn source_with_points(harness: &Harness) -> Vec<PathBuf> {
 #[test]
 fn geo_sync_copies_whole_points_between_any_two_backends() {
     let server = S3Server::start();
+    let azurite = AzuriteServer::start();
     let harness = Harness::new();
     let disks = source_with_points(&harness);
     let source = harness.repository.display().to_string();
     let in_s3 = server.location("copies/west");
     let back_on_disk = harness.path("copy-of-copy").display().to_string();
     let in_s3_again = server.location("copies/third");
+    let in_azure = azurite.location("copies/fourth");
+    let both: [&dyn ObjectServer; 2] = [&server, &azurite];
+    let via = |harness: &Harness, location: &str| between(harness, &both, location);
     for (from, to) in [
         (&source, &in_s3),
         (&in_s3, &back_on_disk),
         (&back_on_disk, &in_s3_again),
+        (&in_s3_again, &in_azure),
     ] {
-        let report = json(at(&harness, &server, from), &["geo-sync", "--to", to]);
+        let report = json(via(&harness, from), &["geo-sync", "--to", to]);
         assert_eq!(
             report["points_copied"].as_array().unwrap().len(),
             2,
@@ -188,18 +209,18 @@ fn geo_sync_copies_whole_points_between_any_two_backends() {
         );
         assert!(report["pending"].as_array().unwrap().is_empty());
         // The copy is the same repository: same password, same points, restorable.
-        let points = json(at(&harness, &server, to), &["points"]);
+        let points = json(via(&harness, to), &["points"]);
         assert_eq!(points.as_array().unwrap().len(), 2);
-        let verify = json(at(&harness, &server, to), &["verify", "--read-data"]);
+        let verify = json(via(&harness, to), &["verify", "--read-data"]);
         assert_eq!(verify["damage"].as_array().unwrap().len(), 0, "{verify}");
         // A second round copies nothing.
-        let again = json(at(&harness, &server, from), &["geo-sync", "--to", to]);
+        let again = json(via(&harness, from), &["geo-sync", "--to", to]);
         assert_eq!(again["points_copied"].as_array().unwrap().len(), 0);
         assert_eq!(again["bytes_copied"], 0);
     }
     let target = harness.path("restored");
     json(
-        at(&harness, &server, &in_s3_again),
+        via(&harness, &in_azure),
         &[
             "restore",
             "latest",
@@ -215,7 +236,7 @@ fn geo_sync_copies_whole_points_between_any_two_backends() {
     // A copy of another repository is refused.
     let other = Harness::new();
     let (code, _, stderr) = run(
-        at(&other, &server, &other.repository.display().to_string()),
+        via(&other, &other.repository.display().to_string()),
         &["geo-sync", "--to", &in_s3],
     );
     assert_eq!(code, 1);

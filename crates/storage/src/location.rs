@@ -5,6 +5,7 @@
 //! | `/srv/lifeboat/west`     | a local directory                         |
 //! | `file:///srv/lifeboat`   | the same                                  |
 //! | `s3://bucket/prefix`     | S3-compatible object storage              |
+//! | `az://container/prefix`  | Azure Blob Storage (`azure://` too)       |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,23 @@ pub fn open(location: &str, settings: &StorageSettings) -> Result<Arc<dyn Storag
             settings.retry_timeout,
         )?));
     }
+    for scheme in ["az://", "azure://"] {
+        if let Some(rest) = location.strip_prefix(scheme) {
+            let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if container.is_empty() {
+                return Err(invalid(
+                    location,
+                    "an Azure location is az://CONTAINER/PREFIX",
+                ));
+            }
+            return Ok(Arc::new(ObjectStorage::azure(
+                container,
+                prefix,
+                &settings.options,
+                settings.retry_timeout,
+            )?));
+        }
+    }
     let path = location.strip_prefix("file://").unwrap_or(location);
     if path.is_empty() {
         return Err(invalid(location, "the location is empty"));
@@ -54,7 +72,7 @@ pub fn open(location: &str, settings: &StorageSettings) -> Result<Arc<dyn Storag
         return Err(invalid(
             location,
             &format!(
-                "'{scheme}://' locations are not supported; use a directory or s3://BUCKET/PREFIX"
+                "'{scheme}://' locations are not supported; use a directory, s3://BUCKET/PREFIX or az://CONTAINER/PREFIX"
             ),
         ));
     }
@@ -98,6 +116,7 @@ mod tests {
                 .contains("not supported")
         );
         assert!(open("s3:///x", &settings).is_err());
+        assert!(open("az:///x", &settings).is_err());
         assert_eq!(join("s3://b/p/", "copies/west"), "s3://b/p/copies/west");
     }
 }

@@ -1,9 +1,9 @@
-//! S3-compatible object storage (AWS S3, MinIO, Ceph RGW, Garage, …) through the
-//! `object_store` crate.
+//! Object storage through the `object_store` crate: S3-compatible stores (AWS S3, MinIO,
+//! Ceph RGW, Garage, …) and Azure Blob Storage.
 //!
 //! # Design
 //!
-//! * Object `kind/name` of a repository at `s3://bucket/prefix` is the key
+//! * Object `kind/name` of a repository at `s3://bucket/prefix` (or `az://container/prefix`) is the key
 //!   `prefix/kind-directory/name` (packs fanned out as `prefix/packs/xx/name`), the same
 //!   layout as a local directory, so a repository can be copied between the two with any
 //!   tool.
@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -42,7 +43,78 @@ pub struct ObjectStorage {
     /// `s3://bucket/prefix`, for messages.
     location: String,
     bucket: String,
+    service: Service,
     runtime: tokio::runtime::Runtime,
+}
+
+/// Which object service a store speaks to, for messages that tell the user what to fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Service {
+    S3,
+    Azure,
+    Other,
+}
+
+impl Service {
+    fn container(self) -> &'static str {
+        match self {
+            Service::Azure => "container",
+            _ => "bucket",
+        }
+    }
+
+    fn credentials(self) -> &'static str {
+        match self {
+            Service::Azure => "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+            _ => "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: &str = "5s";
+const REQUEST_TIMEOUT: &str = "120s";
+
+/// `scheme://container/prefix`, without a trailing slash.
+fn location(scheme: &str, container: &str, prefix: &str) -> String {
+    format!("{scheme}://{container}/{prefix}")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// One of the store's settings, by its `object_store` name.
+fn setting<K: std::str::FromStr>(
+    location: &str,
+    service: &str,
+    key: &str,
+) -> Result<K, StorageError> {
+    key.parse().map_err(|_| StorageError::Unreachable {
+        location: location.to_string(),
+        operation: "configure",
+        path: key.to_string(),
+        detail: format!("'{key}' is not an {service} setting"),
+    })
+}
+
+fn not_configured(location: &str, error: object_store::Error) -> StorageError {
+    StorageError::Unreachable {
+        location: location.to_string(),
+        operation: "configure",
+        path: String::new(),
+        detail: error.to_string(),
+    }
+}
+
+/// Exponential backoff from 100 ms up to 5 s between tries, within `retry_timeout`.
+fn retry(retry_timeout: Duration) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: MAXIMUM_RETRIES,
+        retry_timeout,
+    }
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -63,56 +135,67 @@ impl ObjectStorage {
         settings: &[(String, String)],
         retry_timeout: Duration,
     ) -> Result<ObjectStorage, StorageError> {
-        let location = format!("s3://{bucket}/{prefix}")
-            .trim_end_matches('/')
-            .to_string();
+        let location = location("s3", bucket, prefix);
         // Timeouts are set as settings (not client options, which would replace the
         // environment's and the caller's client settings such as aws_allow_http).
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_config(
                 AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                "5s",
+                CONNECT_TIMEOUT,
             )
-            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s");
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                REQUEST_TIMEOUT,
+            );
         for (key, value) in settings {
-            let key: AmazonS3ConfigKey = key.parse().map_err(|_| StorageError::Unreachable {
-                location: location.clone(),
-                operation: "configure",
-                path: key.clone(),
-                detail: format!("'{key}' is not an S3 setting"),
-            })?;
-            builder = builder.with_config(key, value);
+            builder = builder.with_config(setting(&location, "S3", key)?, value);
         }
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL")
             && std::env::var("AWS_ENDPOINT").is_err()
         {
             builder = builder.with_endpoint(endpoint);
         }
-        let retry = RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                base: 2.0,
-            },
-            max_retries: MAXIMUM_RETRIES,
-            retry_timeout,
-        };
         let store = builder
-            .with_retry(retry)
+            .with_retry(retry(retry_timeout))
             .build()
-            .map_err(|e| StorageError::Unreachable {
-                location: location.clone(),
-                operation: "configure",
-                path: String::new(),
-                detail: e.to_string(),
-            })?;
-        Ok(ObjectStorage::from_store(
-            Arc::new(store),
-            bucket,
-            prefix,
-            location,
-        ))
+            .map_err(|e| not_configured(&location, e))?;
+        let mut storage = ObjectStorage::from_store(Arc::new(store), bucket, prefix, location);
+        storage.service = Service::S3;
+        Ok(storage)
+    }
+
+    /// A repository at `prefix` in Azure Blob Storage container `container`. Account and
+    /// credentials come from the standard `AZURE_*` environment variables
+    /// (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, …), overridden by
+    /// `settings` (`azure_storage_account_name`, `azure_storage_endpoint`, …).
+    pub fn azure(
+        container: &str,
+        prefix: &str,
+        settings: &[(String, String)],
+        retry_timeout: Duration,
+    ) -> Result<ObjectStorage, StorageError> {
+        let location = location("az", container, prefix);
+        let mut builder = MicrosoftAzureBuilder::from_env()
+            .with_container_name(container)
+            .with_config(
+                AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                CONNECT_TIMEOUT,
+            )
+            .with_config(
+                AzureConfigKey::Client(ClientConfigKey::Timeout),
+                REQUEST_TIMEOUT,
+            );
+        for (key, value) in settings {
+            builder = builder.with_config(setting(&location, "Azure", key)?, value);
+        }
+        let store = builder
+            .with_retry(retry(retry_timeout))
+            .build()
+            .map_err(|e| not_configured(&location, e))?;
+        let mut storage = ObjectStorage::from_store(Arc::new(store), container, prefix, location);
+        storage.service = Service::Azure;
+        Ok(storage)
     }
 
     /// A repository in any `object_store` store (tests use the in-memory one).
@@ -133,6 +216,7 @@ impl ObjectStorage {
             prefix: prefix.trim_matches('/').to_string(),
             location,
             bucket: bucket.to_string(),
+            service: Service::Other,
             runtime,
         }
     }
@@ -185,12 +269,7 @@ impl ObjectStorage {
             source = cause.source();
         }
         match error {
-            object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => {
-                StorageError::NoBucket {
-                    location: self.location.clone(),
-                    bucket: self.bucket.clone(),
-                }
-            }
+            object_store::Error::NotFound { .. } if no_container(&text) => self.no_bucket(),
             object_store::Error::NotFound { .. } => StorageError::NotFound {
                 location: self.location.clone(),
                 kind,
@@ -203,10 +282,7 @@ impl ObjectStorage {
                 name: name.to_string(),
             },
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => StorageError::AccessDenied {
-                location: self.location.clone(),
-                detail: first_line(&text),
-            },
+            | object_store::Error::Unauthenticated { .. } => self.access_denied(&text),
             // Listings report refusals as generic errors carrying the status and S3's code.
             _ if [
                 "403 Forbidden",
@@ -214,19 +290,15 @@ impl ObjectStorage {
                 "SignatureDoesNotMatch",
                 "InvalidAccessKeyId",
                 "AccessDenied",
+                "AuthorizationFailure",
+                "AuthenticationFailed",
             ]
             .iter()
             .any(|marker| text.contains(marker)) =>
             {
-                StorageError::AccessDenied {
-                    location: self.location.clone(),
-                    detail: first_line(&text),
-                }
+                self.access_denied(&text)
             }
-            _ if text.contains("NoSuchBucket") => StorageError::NoBucket {
-                location: self.location.clone(),
-                bucket: self.bucket.clone(),
-            },
+            _ if no_container(&text) => self.no_bucket(),
             _ if text.contains("EntityTooLarge") || text.contains("QuotaExceeded") => {
                 StorageError::NoSpace {
                     location: self.location.clone(),
@@ -240,6 +312,22 @@ impl ObjectStorage {
                 path: self.path(kind, name).to_string(),
                 detail: first_line(&text),
             },
+        }
+    }
+
+    fn no_bucket(&self) -> StorageError {
+        StorageError::NoBucket {
+            location: self.location.clone(),
+            bucket: self.bucket.clone(),
+            container: self.service.container(),
+        }
+    }
+
+    fn access_denied(&self, text: &str) -> StorageError {
+        StorageError::AccessDenied {
+            location: self.location.clone(),
+            detail: first_line(text),
+            credentials: self.service.credentials(),
         }
     }
 
@@ -260,6 +348,11 @@ impl ObjectStorage {
             .map(|_| ())
             .map_err(|e| self.error(kind, name, "write", e))
     }
+}
+
+/// S3 says `NoSuchBucket`, Azure `ContainerNotFound`.
+fn no_container(text: &str) -> bool {
+    text.contains("NoSuchBucket") || text.contains("ContainerNotFound")
 }
 
 /// Object store errors carry whole response bodies; the first line says what happened.

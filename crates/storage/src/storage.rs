@@ -139,13 +139,23 @@ pub enum StorageError {
     PermissionDenied { location: String, path: String },
     #[error(
         "access to repository {location} was denied ({detail}); check the credentials \
-         (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the region's storage settings) and the bucket policy"
+         ({credentials}, or the region's storage settings) and the access policy"
     )]
-    AccessDenied { location: String, detail: String },
+    AccessDenied {
+        location: String,
+        detail: String,
+        /// Where the credentials of this kind of store come from.
+        credentials: &'static str,
+    },
     #[error(
-        "bucket '{bucket}' of repository {location} does not exist; create it, or correct the repository location"
+        "{container} '{bucket}' of repository {location} does not exist; create it, or correct the repository location"
     )]
-    NoBucket { location: String, bucket: String },
+    NoBucket {
+        location: String,
+        bucket: String,
+        /// What the store calls it: "bucket" or "container".
+        container: &'static str,
+    },
     #[error("{operation} {path} of repository {location} failed after retries: {detail}")]
     Unreachable {
         location: String,

@@ -9,14 +9,23 @@ use lifeboat_storage::{
     Fault, FaultyStorage, LocalDirectory, ObjectKind, Storage, StorageError, StorageSettings,
     conformance,
 };
-use lifeboat_testing::S3Server;
+use lifeboat_testing::{AzuriteServer, ObjectServer, S3Server};
 
-fn s3(server: &S3Server, prefix: &str) -> Arc<dyn Storage> {
+/// The storage at `location`, reached with `options`.
+fn on(location: &str, options: Vec<(String, String)>) -> Arc<dyn Storage> {
     let settings = StorageSettings {
-        options: server.settings(),
+        options,
         retry_timeout: Duration::from_secs(3),
     };
-    lifeboat_storage::open(&server.location(prefix), &settings).unwrap()
+    lifeboat_storage::open(location, &settings).unwrap()
+}
+
+fn s3(server: &S3Server, prefix: &str) -> Arc<dyn Storage> {
+    on(&server.location(prefix), server.settings())
+}
+
+fn azure(server: &AzuriteServer, prefix: &str) -> Arc<dyn Storage> {
+    on(&server.location(prefix), server.settings())
 }
 
 #[test]
@@ -34,6 +43,13 @@ fn s3_conforms_with_and_without_a_prefix() {
     let server = S3Server::start();
     conformance::check_sequential(s3(&server, "some/prefix"));
     conformance::check_sequential(s3(&server, ""));
+}
+
+#[test]
+fn azure_blob_conforms_with_and_without_a_prefix() {
+    let server = AzuriteServer::start();
+    conformance::check(azure(&server, "some/prefix"));
+    conformance::check(azure(&server, ""));
 }
 
 #[test]
@@ -87,17 +103,14 @@ fn fault_wrappers_conform_when_their_fault_is_slow_and_inject_the_others() {
     assert!(started.elapsed() >= Duration::from_millis(50));
 }
 
-#[test]
-fn wrong_credentials_are_refused_clearly() {
-    let server = S3Server::start();
-    let mut options = server.settings();
-    options.retain(|(key, _)| key != "aws_secret_access_key");
-    options.push(("aws_secret_access_key".to_string(), "wrong".to_string()));
-    let settings = StorageSettings {
-        options,
-        retry_timeout: Duration::from_secs(3),
-    };
-    let storage = lifeboat_storage::open(&server.location("repo"), &settings).unwrap();
+/// `options` with `key` set to `value`.
+fn with(mut options: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
+    options.retain(|(k, _)| k != key);
+    options.push((key.to_string(), value.to_string()));
+    options
+}
+
+fn assert_denied(storage: Arc<dyn Storage>, credentials: &str) {
     let error = storage
         .create(ObjectKind::Config, "config", b"{}")
         .unwrap_err();
@@ -105,32 +118,68 @@ fn wrong_credentials_are_refused_clearly() {
         matches!(error, StorageError::AccessDenied { .. }),
         "{error}"
     );
+    let text = error.to_string();
     assert!(
-        error.to_string().contains("check the credentials"),
+        text.contains("check the credentials") && text.contains(credentials),
         "{error}"
     );
 }
 
 #[test]
-fn a_missing_bucket_is_named() {
+fn wrong_credentials_are_refused_clearly() {
     let server = S3Server::start();
-    let settings = StorageSettings {
-        options: server.settings(),
-        retry_timeout: Duration::from_secs(3),
-    };
-    let storage = lifeboat_storage::open("s3://no-such-bucket/repo", &settings).unwrap();
+    let options = with(server.settings(), "aws_secret_access_key", "wrong");
+    assert_denied(
+        on(&server.location("repo"), options),
+        "AWS_SECRET_ACCESS_KEY",
+    );
+
+    let server = AzuriteServer::start();
+    // A well-formed key that is not the account's.
+    let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+    let options = with(server.settings(), "azure_storage_account_key", wrong);
+    assert_denied(
+        on(&server.location("repo"), options),
+        "AZURE_STORAGE_ACCOUNT_KEY",
+    );
+}
+
+#[test]
+fn a_missing_bucket_or_container_is_named() {
+    let server = S3Server::start();
+    let storage = on("s3://no-such-bucket/repo", server.settings());
     let error = storage.list(ObjectKind::Point).unwrap_err();
     assert!(matches!(error, StorageError::NoBucket { .. }), "{error}");
     assert!(
         error.to_string().contains("bucket 'no-such-bucket'"),
         "{error}"
     );
+
+    let server = AzuriteServer::start();
+    let storage = on("az://no-such-container/repo", server.settings());
+    for error in [
+        storage.list(ObjectKind::Point).unwrap_err(),
+        storage.create(ObjectKind::Pack, "abcd", b"x").unwrap_err(),
+    ] {
+        assert!(matches!(error, StorageError::NoBucket { .. }), "{error}");
+        assert!(
+            error.to_string().contains("container 'no-such-container'"),
+            "{error}"
+        );
+    }
 }
 
 #[test]
 fn a_dead_server_is_reported_as_unreachable_within_the_retry_bound_and_recovered_from() {
     let mut server = S3Server::start();
     let storage = s3(&server, "repo");
+    dies_and_comes_back(storage, &mut server);
+    let mut server = AzuriteServer::start();
+    let storage = azure(&server, "repo");
+    dies_and_comes_back(storage, &mut server);
+}
+
+fn dies_and_comes_back(storage: Arc<dyn Storage>, server: &mut dyn ObjectServer) {
     storage.create(ObjectKind::Pack, "abcd", b"kept").unwrap();
     server.kill();
     let started = Instant::now();
