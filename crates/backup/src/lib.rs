@@ -40,7 +40,7 @@ pub use backup::{BackupOptions, BackupReport, backup};
 pub use error::{EngineError, Result};
 pub use export::point_server;
 pub use forget::{ForgetReport, forget};
-pub use points::resolve_point;
+pub use points::{resolve_at, resolve_point};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneReport, prune};
 pub use restore::{RestoreOptions, RestoreReport, restore};

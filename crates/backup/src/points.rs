@@ -1,4 +1,5 @@
-//! Naming points: full ids, unique prefixes, `latest` of a VM.
+//! Naming points: full ids, unique prefixes, `latest` of a VM, or a VM's point at a
+//! wall-clock time.
 
 use lifeboat_repository::{Manifest, Repository, RepositoryError};
 
@@ -47,4 +48,42 @@ pub fn resolve_point(repository: &Repository, spec: &str, vm: Option<&str>) -> R
         }
         .into()),
     }
+}
+
+/// The point of `vm` that held the VM's state at `time`: its newest point made at or before
+/// `time`. A time before the VM's oldest point is refused, naming the history there is.
+pub fn resolve_at(
+    repository: &Repository,
+    vm: &str,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Result<Manifest> {
+    let list = repository.list_points()?;
+    let mut dated: Vec<(chrono::DateTime<chrono::Utc>, Manifest)> = list
+        .points
+        .into_iter()
+        .filter(|p| p.vm == vm)
+        .filter_map(|p| {
+            let at = chrono::DateTime::parse_from_rfc3339(&p.time).ok()?;
+            Some((at.with_timezone(&chrono::Utc), p))
+        })
+        .collect();
+    dated.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.point.cmp(&b.1.point)));
+    let Some((oldest, _)) = dated.first() else {
+        return Err(EngineError::Refused(format!(
+            "VM '{vm}' has no recovery point in repository {}",
+            repository.location()
+        )));
+    };
+    let oldest = oldest.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    dated
+        .into_iter()
+        .rev()
+        .find(|(at, _)| *at <= time)
+        .map(|(_, manifest)| manifest)
+        .ok_or_else(|| {
+            EngineError::Refused(format!(
+                "VM '{vm}' has no recovery point at or before {}: its history starts at {oldest}",
+                time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+        })
 }

@@ -3,7 +3,9 @@
 //! The rules are those operators know from restic and Proxmox Backup Server: keep the
 //! newest N points; and for each period (hour, day, ISO week, month, year) keep the newest
 //! point of each of the last N periods that have points. A point kept by any rule stays.
-//! Periods are taken in UTC, so a policy means the same on every host.
+//! Periods are taken in UTC, so a policy means the same on every host. `keep_within` keeps
+//! every point up to that long before the newest one (not before now: a VM whose points
+//! stopped coming keeps its history).
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
@@ -17,6 +19,8 @@ pub struct RetentionPolicy {
     pub keep_weekly: usize,
     pub keep_monthly: usize,
     pub keep_yearly: usize,
+    /// Keep every point at most this many seconds older than the newest.
+    pub keep_within_seconds: Option<u64>,
 }
 
 impl RetentionPolicy {
@@ -84,6 +88,15 @@ pub fn apply(policy: &RetentionPolicy, points: &[Dated]) -> Vec<Decision> {
     for decision in decisions.iter_mut().take(policy.keep_last) {
         decision.reasons.push("last");
     }
+    if let (Some(seconds), Some((newest, _))) = (policy.keep_within_seconds, dated.first()) {
+        let oldest = *newest - chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64);
+        for ((time, _), decision) in dated.iter().zip(decisions.iter_mut()) {
+            if *time < oldest {
+                break;
+            }
+            decision.reasons.push("within");
+        }
+    }
     let rules: [(&'static str, usize, PeriodKey); 5] = [
         ("hourly", policy.keep_hourly, hour),
         ("daily", policy.keep_daily, day),
@@ -149,6 +162,40 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(kept(&apply(&policy, &list)), ["p1", "p2"]);
+    }
+
+    #[test]
+    fn keep_within_keeps_everything_near_the_newest_and_thins_beyond() {
+        // A replicated VM: a point every 5 minutes for two days.
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let times: Vec<String> = (0..(2 * 24 * 12))
+            .map(|i| (start + chrono::Duration::minutes(5 * i)).to_rfc3339())
+            .collect();
+        let list = points(&times.iter().map(String::as_str).collect::<Vec<_>>());
+        let policy = RetentionPolicy {
+            keep_within_seconds: Some(24 * 3600),
+            keep_hourly: 7 * 24,
+            keep_daily: 365,
+            ..Default::default()
+        };
+        let decisions = apply(&policy, &list);
+        let kept: Vec<&Decision> = decisions.iter().filter(|d| !d.reasons.is_empty()).collect();
+        // The last day whole (289 points: both ends included), then one per hour before.
+        let within = kept
+            .iter()
+            .filter(|d| d.reasons.contains(&"within"))
+            .count();
+        assert_eq!(within, 24 * 12 + 1);
+        assert_eq!(kept.len(), 24 * 12 + 1 + 23);
+        for decision in &kept[24 * 12 + 1..] {
+            assert!(decision.time.contains(":55:00"), "{decision:?}");
+        }
+        // Nothing is removed while all points are within the window.
+        let policy = RetentionPolicy {
+            keep_within_seconds: Some(3 * 24 * 3600),
+            ..Default::default()
+        };
+        assert!(apply(&policy, &list).iter().all(|d| !d.reasons.is_empty()));
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub struct ProtectArguments {
     /// from the images when shipping can go on (resync).
     #[arg(long, default_value_t = 1024)]
     pub journal_mib: u64,
+    /// Seconds of RPO above which the group is in alert (logged, and flagged in
+    /// `lifeboat status`).
+    #[arg(long, default_value_t = 30.0)]
+    pub rpo_threshold: f64,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +120,24 @@ pub struct ReceiveArguments {
     /// Seconds between rounds with --follow.
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,
+    /// Seconds of RPO above which the group is in alert (logged).
+    #[arg(long, default_value_t = 30.0)]
+    pub rpo_threshold: f64,
+    /// Keep every point made within this long before the newest.
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub keep_within: u64,
+    /// Beyond that, keep the newest point of each of the last N hours.
+    #[arg(long, default_value_t = 7 * 24)]
+    pub keep_hourly: usize,
+    /// And the newest point of each of the last N days.
+    #[arg(long, default_value_t = 365)]
+    pub keep_daily: usize,
+    /// Thin the history at most this often.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub thin_every: u64,
+    /// Keep every point: never thin the history.
+    #[arg(long)]
+    pub keep_all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -213,8 +235,13 @@ pub enum FormatChoice {
 
 #[derive(Debug, Args)]
 pub struct RestoreArguments {
-    /// A point id, a unique prefix of one, or `latest` (with --vm).
-    pub point: String,
+    /// A point id, a unique prefix of one, or `latest` (with --vm); or none with --at.
+    #[arg(required_unless_present = "at", conflicts_with = "at")]
+    pub point: Option<String>,
+    /// The VM's point at this wall-clock time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in
+    /// UTC): its newest point made at or before then. Needs --vm.
+    #[arg(long, value_parser = parse_time, requires = "vm")]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// The VM, for `latest` or to check the point belongs to it.
     #[arg(long)]
     pub vm: Option<String>,
@@ -256,6 +283,9 @@ pub struct ForgetArguments {
     /// Keep the newest point of each of the last N years that have points.
     #[arg(long, default_value_t = 0)]
     pub keep_yearly: usize,
+    /// Keep every point made within this long before the newest (e.g. `24h`, `7d`).
+    #[arg(long, value_parser = parse_duration)]
+    pub keep_within: Option<u64>,
     /// Show what would be removed without removing it.
     #[arg(long)]
     pub dry_run: bool,
@@ -266,8 +296,13 @@ pub struct PruneArguments {}
 
 #[derive(Debug, Args)]
 pub struct ExportArguments {
-    /// A point id, a unique prefix of one, or `latest` (with --vm).
-    pub point: String,
+    /// A point id, a unique prefix of one, or `latest` (with --vm); or none with --at.
+    #[arg(required_unless_present = "at", conflicts_with = "at")]
+    pub point: Option<String>,
+    /// The VM's point at this wall-clock time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in
+    /// UTC): its newest point made at or before then. Needs --vm.
+    #[arg(long, value_parser = parse_time, requires = "vm")]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// The VM, for `latest`.
     #[arg(long)]
     pub vm: Option<String>,
@@ -299,9 +334,95 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses durations like `90s`, `30m`, `24h`, `7d`, `2w`, `1d12h`; to seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("a duration is empty; write it like 90s, 30m, 24h or 7d".to_string());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(format!("'{text}' is not a duration (use s, m, h, d or w)")),
+        };
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{text}' is not a duration: a number must come before '{c}'"))?;
+        total = number
+            .checked_mul(unit)
+            .and_then(|seconds| total.checked_add(seconds))
+            .ok_or_else(|| format!("'{text}' is too long"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        // A bare number is seconds.
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{text}' is too long"))?;
+        total = total
+            .checked_add(number)
+            .ok_or_else(|| format!("'{text}' is too long"))?;
+    }
+    Ok(total)
+}
+
+/// Parses a wall-clock time: RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` / `YYYY-MM-DDTHH:MM[:SS]`
+/// taken as UTC.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let text = text.trim();
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(time) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Ok(time.and_utc());
+        }
+    }
+    Err(format!(
+        "'{text}' is not a time: use RFC 3339 (2026-11-26T10:00:05Z) or 'YYYY-MM-DD HH:MM:SS' in UTC"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_times_parse() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("24h"), Ok(86400));
+        assert_eq!(parse_duration("1d12h"), Ok(129600));
+        assert_eq!(parse_duration("2w"), Ok(14 * 86400));
+        assert_eq!(parse_duration("45"), Ok(45));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3 fortnights").is_err());
+        assert_eq!(
+            parse_time("2026-11-26 10:00:05").unwrap().to_rfc3339(),
+            "2026-11-26T10:00:05+00:00"
+        );
+        assert_eq!(
+            parse_time("2026-11-26T11:00:05+01:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-26T10:00:05+00:00"
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

@@ -58,6 +58,19 @@ pub fn required_config(global: &GlobalOptions) -> anyhow::Result<Config> {
     )
 }
 
+/// The regions a command works on: the one `--region` names, or all.
+pub fn selected_regions<'a>(
+    config: &'a Config,
+    global: &'a GlobalOptions,
+) -> impl Iterator<Item = &'a lifeboat_config::Region> {
+    config.regions.iter().filter(move |region| {
+        global
+            .region
+            .as_ref()
+            .is_none_or(|name| name == &region.name)
+    })
+}
+
 /// True when `storage` answers with a repository in it.
 fn answers(storage: &dyn Storage) -> bool {
     storage

@@ -27,7 +27,19 @@ impl Protect {
         vms: &[(String, Vec<PathBuf>)],
         interval: &str,
     ) -> Protect {
+        Protect::start_with(harness, group, vms, interval, &[])
+    }
+
+    /// Starts protect with `extra` arguments.
+    fn start_with(
+        harness: &Harness,
+        group: &str,
+        vms: &[(String, Vec<PathBuf>)],
+        interval: &str,
+        extra: &[&str],
+    ) -> Protect {
         let socket = harness.path(&format!("{group}.sock"));
+        let _ = std::fs::remove_file(&socket);
         let mut command = harness.command();
         command.args([
             "protect",
@@ -37,7 +49,7 @@ impl Protect {
             interval,
             "--socket",
         ]);
-        command.arg(&socket);
+        command.arg(&socket).args(extra);
         for (name, disks) in vms {
             let disks: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
             command
@@ -62,6 +74,49 @@ impl Protect {
 
     fn client(&self, export: &str) -> Client {
         Client::connect_unix(&self.socket, export, &[]).unwrap()
+    }
+}
+
+/// `lifeboat receive --follow` in the background, its stderr kept in a file.
+fn follow(harness: &Harness, group: &str, replicas: &Path, extra: &[&str]) -> (Killed, PathBuf) {
+    let log = harness.path(&format!("receive-{group}.log"));
+    let child = harness
+        .command()
+        .args(["receive", "--follow", "--interval", "0.1", "--group", group])
+        .arg("--replicas")
+        .arg(replicas)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (Killed(child), log)
+}
+
+/// `status --json` of the recovery repository: the one group `group`.
+fn group_status(harness: &Harness, group: &str) -> Value {
+    let status = harness.json(&["status"]);
+    let groups = &status["replication"][0]["groups"];
+    groups
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["group"] == group))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Polls `status` until `check` holds (within 60 s); returns that group status.
+fn status_until(harness: &Harness, group: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = group_status(harness, group);
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never got there: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -360,4 +415,160 @@ fn no_point_of_a_16_vm_group_holds_a_write_without_those_acknowledged_before_it(
         let (a, _) = newest_at(&format!("vm{k:02}"), "9999").unwrap();
         assert_eq!(a, *total, "vm{k:02} ends with its writer's last value");
     }
+}
+
+#[test]
+fn rpo_pending_writes_and_throughput_show_in_status_and_alert_above_the_threshold() {
+    let harness = Harness::new();
+    let disk = raw_disk(&harness, "db1/disk.raw", "16M");
+    let protect = Protect::start_with(
+        &harness,
+        "shop",
+        &[("db1".to_string(), vec![disk])],
+        "0.2",
+        &["--rpo-threshold", "3"],
+    );
+    let replicas = harness.path("replicas");
+    let (receiver, log) = follow(&harness, "shop", &replicas, &["--rpo-threshold", "3"]);
+    let mut client = protect.client("db1/disk.raw");
+    for round in 0..20u64 {
+        client.write(round * 65536, &block(round), false).unwrap();
+    }
+    let healthy = status_until(&harness, "shop", |g| {
+        g["alert"] == false
+            && g["vms"][0]["point"].is_string()
+            && g["vms"][0]["write_bytes_per_second"].as_f64() > Some(0.0)
+    });
+    let rpo = healthy["rpo_seconds"].as_f64().unwrap();
+    assert!((0.0..3.0).contains(&rpo), "{healthy}");
+    assert_eq!(healthy["rpo_threshold_seconds"], 3.0);
+    assert_eq!(healthy["vms"][0]["vm"], "db1");
+    assert_eq!(healthy["vms"][0]["alert"], false);
+    assert!(healthy["pending_writes"].is_u64() && healthy["pending_bytes"].is_u64());
+    assert!(healthy["ship_bytes_per_second"].as_f64() > Some(0.0));
+    assert!(healthy["sender_seen_seconds_ago"].as_f64() < Some(3.0));
+
+    // The protected side stops shipping: the RPO grows past the threshold, the receiver
+    // logs an alert and status flags the group and its VM.
+    drop(protect);
+    let late = status_until(&harness, "shop", |g| g["alert"] == true);
+    assert!(late["rpo_seconds"].as_f64() > Some(3.0), "{late}");
+    assert_eq!(late["vms"][0]["alert"], true);
+    let status = harness.json(&["status"]);
+    assert_eq!(status["alerts"], serde_json::json!(["shop"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("ALERT: group 'shop': RPO")
+    {
+        assert!(Instant::now() < deadline, "the receiver never alerted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(receiver);
+    // The text form says so too.
+    let text = harness.ok(&["status"]);
+    assert!(
+        text.contains("group shop") && text.contains("ALERT"),
+        "{text}"
+    );
+}
+
+#[test]
+fn restore_at_a_wall_clock_time_picks_the_point_of_that_moment_and_history_is_thinned() {
+    let harness = Harness::new();
+    let disk = raw_disk(&harness, "db1/disk.raw", "4M");
+    let protect = Protect::start(&harness, "shop", &[("db1".to_string(), vec![disk])], "0.2");
+    let replicas = harness.path("replicas");
+    let mut client = protect.client("db1/disk.raw");
+    // Three generations of the disk, each reaching a point before the next is written.
+    let mut moments = Vec::new();
+    for value in 1..=3u64 {
+        client.write(0, &block(value), true).unwrap();
+        let written = chrono::Utc::now();
+        receive_past(&harness, "shop", &replicas, written);
+        moments.push(chrono::Utc::now());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (index, moment) in moments.iter().enumerate() {
+        let target = harness.path(&format!("at-{index}"));
+        let at = moment.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        harness.json(&[
+            "restore",
+            "--vm",
+            "db1",
+            "--at",
+            &at,
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            counter(&target.join("disk.raw")),
+            index as u64 + 1,
+            "at {at}"
+        );
+    }
+    // Before the history starts: refused, naming where it starts.
+    let stderr = harness.fails(&[
+        "restore",
+        "--vm",
+        "db1",
+        "--at",
+        "2020-01-01 00:00:00",
+        "--target",
+        harness.path("too-early").to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("history starts at"), "{stderr}");
+
+    // Thinning: keep every point within 1 s of the newest, then one per hour.
+    let before = harness.points().len();
+    assert!(before >= 3, "{before} points");
+    // The points so far fall out of the window.
+    std::thread::sleep(Duration::from_millis(1500));
+    client.write(0, &block(9), true).unwrap();
+    let written = chrono::Utc::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut thinned = 0;
+    loop {
+        let report = harness.json(&[
+            "receive",
+            "--group",
+            "shop",
+            "--replicas",
+            replicas.to_str().unwrap(),
+            "--keep-within",
+            "1s",
+            "--keep-hourly",
+            "1",
+            "--keep-daily",
+            "0",
+            "--thin-every",
+            "0s",
+        ]);
+        thinned += report["points_thinned"].as_u64().unwrap();
+        let applied = report["applied_time"].as_str().unwrap();
+        if chrono::DateTime::parse_from_rfc3339(applied).unwrap() > written && thinned > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never thinned: {report}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let points = harness.points();
+    assert!(
+        points.len() < before,
+        "{} of {before} points left",
+        points.len()
+    );
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = points
+        .iter()
+        .map(|p| chrono::DateTime::parse_from_rfc3339(&text(p, "time")).unwrap())
+        .collect();
+    let newest = *times.iter().max().unwrap();
+    assert!(
+        times
+            .iter()
+            .all(|t| newest.signed_duration_since(*t) <= chrono::Duration::seconds(1)),
+        "only points within the window are left: {times:?}"
+    );
+    harness.restore("latest", &harness.path("latest"), &["--vm", "db1"]);
+    assert_eq!(counter(&harness.path("latest").join("disk.raw")), 9);
 }

@@ -123,6 +123,18 @@ pub struct Journal {
     resync: std::collections::BTreeMap<DiskId, Vec<(u64, u64)>>,
     resync_bytes: u64,
     overflows: u64,
+    /// Per VM, bytes written since the journal started (for throughput).
+    written_bytes: std::collections::BTreeMap<usize, u64>,
+}
+
+/// One VM's share of what the journal holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmCounters {
+    /// Writes journaled and not yet taken by a cut.
+    pub pending_writes: u64,
+    pub pending_bytes: u64,
+    /// Bytes written since the journal started.
+    pub written_bytes: u64,
 }
 
 impl Journal {
@@ -136,6 +148,7 @@ impl Journal {
             resync: Default::default(),
             resync_bytes: 0,
             overflows: 0,
+            written_bytes: Default::default(),
         }
     }
 
@@ -143,6 +156,7 @@ impl Journal {
     pub fn record(&mut self, disk: DiskId, offset: u64, length: u64, payload: Payload) -> u64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
+        *self.written_bytes.entry(disk.vm).or_default() += length;
         let write = Write {
             sequence,
             disk,
@@ -248,6 +262,31 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Per VM (by index in the group), what is pending and what was written.
+    pub fn vm_counters(&self) -> std::collections::BTreeMap<usize, VmCounters> {
+        let mut counters: std::collections::BTreeMap<usize, VmCounters> = self
+            .written_bytes
+            .iter()
+            .map(|(&vm, &written_bytes)| {
+                (
+                    vm,
+                    VmCounters {
+                        written_bytes,
+                        ..VmCounters::default()
+                    },
+                )
+            })
+            .collect();
+        for write in &self.writes {
+            let entry = counters.entry(write.disk.vm).or_default();
+            entry.pending_writes += 1;
+            entry.pending_bytes += write.memory_bytes();
+        }
+        counters
+    }
+}
+
 /// Inserts `[start, end)` into sorted non-overlapping `(offset, length)` ranges, merging;
 /// returns how many bytes were not covered before.
 pub(crate) fn insert_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) -> u64 {
@@ -333,6 +372,24 @@ mod tests {
         let sequences: Vec<u64> = again.writes.iter().map(|w| w.sequence).collect();
         assert_eq!(sequences, vec![1, 2]);
         assert_eq!(again.sequence, 2);
+    }
+
+    #[test]
+    fn counters_per_vm_follow_writes_and_cuts() {
+        let mut journal = Journal::new(1 << 20);
+        journal.record(A, 0, 512, data(512, 1));
+        journal.record(B, 0, 100, data(100, 2));
+        journal.record(B, 0, 4096, Payload::Zeroes);
+        let counters = journal.vm_counters();
+        assert_eq!(counters[&0].pending_writes, 1);
+        assert_eq!(counters[&0].pending_bytes, 512);
+        assert_eq!(counters[&1].pending_writes, 2);
+        assert_eq!(counters[&1].pending_bytes, 100);
+        assert_eq!(counters[&1].written_bytes, 4196);
+        journal.take_cut(0);
+        let counters = journal.vm_counters();
+        assert_eq!(counters[&1].pending_writes, 0);
+        assert_eq!(counters[&1].written_bytes, 4196);
     }
 
     #[test]

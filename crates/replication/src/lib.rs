@@ -20,7 +20,8 @@
 //! # Entry points
 //!
 //! [`capture::CapturedDisk`] (an NBD export), [`journal::Journal`], [`ship::Sender`],
-//! [`receive::Receiver`].
+//! [`receive::Receiver`], [`status::group_status`] (the RPO of a group from the records
+//! its sender and receiver leave in the recovery repository).
 //!
 //! # What this crate must not know
 //!
@@ -34,6 +35,7 @@ pub mod journal;
 pub mod receive;
 pub mod replica_state;
 pub mod ship;
+pub mod status;
 
 pub use error::{ReplicationError, Result};
 

@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use lifeboat_backup::{BackupOptions, NoProgress};
+use lifeboat_backup::{BackupOptions, NoProgress, RetentionPolicy};
 use lifeboat_disk::source::Range;
 use lifeboat_repository::{Consistency, ObjectKind, Repository};
 
 use crate::cut::{self, CutCommit, VmLayout};
 use crate::error::{ReplicationError, Result, io};
 use crate::replica_state::ReplicaState;
+use crate::status::{self, ReceiverRecord, VmReceived};
 
 /// Changed ranges are kept at this granularity (the repository's chunks are no smaller).
 const PENDING_GRANULARITY: u64 = 64 * 1024;
@@ -40,7 +41,39 @@ pub struct ReceiveReport {
     pub applied_time: Option<String>,
     /// False while a resync is in progress.
     pub consistent: bool,
+    /// Every VM of the group has a point holding every write acknowledged up to this time.
+    pub recovered_time: Option<String>,
+    /// Age of `recovered_time`: the data a failover now would lose at most.
+    pub rpo_seconds: Option<f64>,
+    /// The RPO is above the threshold (or there is no point yet).
+    pub alert: bool,
+    /// Points removed by the history policy in this round.
+    pub points_thinned: u64,
     pub seconds: f64,
+}
+
+/// How the receiver thins the history of points it made.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// Which points stay (applied to each VM of the group).
+    pub policy: RetentionPolicy,
+    /// The policy is applied at most this often.
+    pub interval: std::time::Duration,
+}
+
+impl Default for History {
+    /// Every point for 24 hours, then hourly for 7 days, then daily for a year.
+    fn default() -> Self {
+        History {
+            policy: RetentionPolicy {
+                keep_within_seconds: Some(24 * 3600),
+                keep_hourly: 7 * 24,
+                keep_daily: 365,
+                ..RetentionPolicy::default()
+            },
+            interval: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// Receives one group into a replicas directory.
@@ -52,7 +85,17 @@ pub struct Receiver<'a> {
     state: ReplicaState,
     /// The replicas opened for the layout of the last cut, kept open across cuts.
     open: Option<(Vec<VmLayout>, Replicas)>,
+    /// Above this RPO the group is in alert.
+    rpo_threshold_seconds: f64,
+    /// When the status record was last written.
+    published: Option<Instant>,
+    history: Option<History>,
+    /// When the history was last thinned.
+    thinned: Option<Instant>,
 }
+
+/// The status record is rewritten at least this often while nothing happens.
+const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Open replica files, per VM, per disk.
 type Replicas = Vec<Vec<(PathBuf, File)>>;
@@ -96,7 +139,43 @@ impl<'a> Receiver<'a> {
             directory: directory.to_path_buf(),
             state,
             open: None,
+            rpo_threshold_seconds: status::DEFAULT_RPO_THRESHOLD_SECONDS,
+            published: None,
+            history: Some(History::default()),
+            thinned: None,
         })
+    }
+
+    /// Sets how the history of points is thinned (`None`: every point is kept).
+    pub fn with_history(mut self, history: Option<History>) -> Receiver<'a> {
+        self.history = history;
+        self
+    }
+
+    /// Applies the history policy to every VM of the group, when due.
+    fn thin(&mut self, report: &mut ReceiveReport) -> Result<()> {
+        let Some(history) = &self.history else {
+            return Ok(());
+        };
+        if self.thinned.is_some_and(|t| t.elapsed() < history.interval) {
+            return Ok(());
+        }
+        for vm in &self.state.vms {
+            if !self.state.points.contains_key(&vm.name) {
+                continue;
+            }
+            let forgotten =
+                lifeboat_backup::forget(self.repository, &vm.name, &history.policy, false)?;
+            report.points_thinned += forgotten.removed.len() as u64;
+        }
+        self.thinned = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Sets the RPO above which the group is in alert.
+    pub fn with_rpo_threshold(mut self, seconds: f64) -> Receiver<'a> {
+        self.rpo_threshold_seconds = seconds;
+        self
     }
 
     /// Where the replicas stand.
@@ -109,8 +188,59 @@ impl<'a> Receiver<'a> {
         self.directory.join(vm_directory(vm)).join(disk)
     }
 
-    /// Applies every committed cut not applied yet, making points from consistent ones.
+    /// Applies every committed cut not applied yet, making points from consistent ones,
+    /// and replaces the receiver's status record in the repository (when it can).
     pub fn receive(&mut self) -> Result<ReceiveReport> {
+        let result = self.receive_cuts();
+        let due = match &result {
+            Ok(report) => {
+                report.cuts > 0
+                    || self
+                        .published
+                        .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL)
+            }
+            Err(_) => true,
+        };
+        if due {
+            let error = result.as_ref().err().map(ToString::to_string);
+            match self.publish(error) {
+                Ok(()) => self.published = Some(Instant::now()),
+                Err(error) => tracing::debug!(%error, "cannot write the receiver's status record"),
+            }
+        }
+        result
+    }
+
+    /// Replaces the receiver's status record.
+    fn publish(&self, error: Option<String>) -> Result<()> {
+        let non_empty = |time: &String| (!time.is_empty()).then(|| time.clone());
+        let record = ReceiverRecord {
+            format: status::FORMAT,
+            group: self.group.clone(),
+            updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            applied_time: non_empty(&self.state.applied_time),
+            recovered_time: non_empty(&self.state.sealed_time),
+            consistent: self.state.applied_consistent,
+            vms: self
+                .state
+                .vms
+                .iter()
+                .map(|vm| VmReceived {
+                    vm: vm.name.clone(),
+                    point: self.state.points.get(&vm.name).cloned(),
+                })
+                .collect(),
+            error,
+        };
+        status::write_receiver(
+            self.repository.storage().as_ref(),
+            self.repository.crypto(),
+            &record,
+        )?;
+        Ok(())
+    }
+
+    fn receive_cuts(&mut self) -> Result<ReceiveReport> {
         let started = Instant::now();
         let mut report = ReceiveReport {
             group: self.group.clone(),
@@ -154,9 +284,22 @@ impl<'a> Receiver<'a> {
             }
             self.delete_up_to(commit.ordinal, &all);
         }
+        if !report.points.is_empty() {
+            self.thin(&mut report)?;
+        }
         report.applied_time =
             (!self.state.applied_time.is_empty()).then(|| self.state.applied_time.clone());
         report.consistent = self.state.applied_consistent;
+        report.recovered_time =
+            (!self.state.sealed_time.is_empty()).then(|| self.state.sealed_time.clone());
+        report.rpo_seconds = report
+            .recovered_time
+            .as_deref()
+            .and_then(|time| status::age_seconds(time, chrono::Utc::now()))
+            .map(|age| age.max(0.0));
+        report.alert = report
+            .rpo_seconds
+            .is_none_or(|rpo| rpo > self.rpo_threshold_seconds);
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -329,6 +472,7 @@ impl<'a> Receiver<'a> {
             self.state.save(&self.directory)?;
         }
         self.state.sealed_ordinal = self.state.applied_ordinal;
+        self.state.sealed_time = time.to_string();
         self.state.save(&self.directory)
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {"format":1,"group":"shop","repository_id":"…","applied_ordinal":…,"applied_time":"…",
-//!  "applied_consistent":true,"sealed_ordinal":…,"vms":[…],
+//!  "applied_consistent":true,"sealed_ordinal":…,"sealed_time":"…","vms":[…],
 //!  "pending":{"web1":{"web1.raw":[[0,65536]]}},"points":{"web1":"…"}}
 //! ```
 //!
@@ -36,6 +36,10 @@ pub struct ReplicaState {
     pub applied_consistent: bool,
     /// The last cut recovery points were made from.
     pub sealed_ordinal: u64,
+    /// Its time: every VM of the group has a point holding every write acknowledged up
+    /// to then.
+    #[serde(default)]
+    pub sealed_time: String,
     /// The group's VMs and disks as of the last cut.
     pub vms: Vec<VmLayout>,
     /// Per VM and disk, the byte ranges written since the VM's last point.

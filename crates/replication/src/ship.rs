@@ -7,11 +7,12 @@
 //! stays down the journal overflows into resync ranges, read again from the images once it
 //! is back — only what changed is sent.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -20,6 +21,7 @@ use lifeboat_repository::{ObjectKind, Repository};
 use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
 use crate::error::{Result, io};
 use crate::journal::{Cut, Journal, JournalStatus};
+use crate::status::{self, SenderRecord, VmSending};
 
 /// Largest part object.
 const PART_BYTES: usize = 32 * 1024 * 1024;
@@ -31,14 +33,39 @@ const RESYNC_READ_BYTES: u64 = 4 * 1024 * 1024;
 pub struct SenderOptions {
     /// Bytes read again from the images per cut while resyncing.
     pub resync_bytes_per_cut: u64,
+    /// Seconds between cuts, as the caller runs them (reported in the status record).
+    pub interval_seconds: f64,
+    /// Above this RPO the group is in alert.
+    pub rpo_threshold_seconds: f64,
 }
 
 impl Default for SenderOptions {
     fn default() -> Self {
         SenderOptions {
             resync_bytes_per_cut: 256 * 1024 * 1024,
+            interval_seconds: 5.0,
+            rpo_threshold_seconds: status::DEFAULT_RPO_THRESHOLD_SECONDS,
         }
     }
+}
+
+/// Throughput is averaged over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A moment's cumulative counters, for throughput.
+struct Sample {
+    at: Instant,
+    written: BTreeMap<usize, u64>,
+    shipped: u64,
+}
+
+/// What the sender remembers for its status record.
+#[derive(Default)]
+struct Progress {
+    samples: VecDeque<Sample>,
+    shipped_total: u64,
+    last_shipped: Option<String>,
+    last_success: Option<Instant>,
 }
 
 /// What one round shipped.
@@ -77,6 +104,8 @@ pub struct Sender {
     /// The ordinal of the last cut shipped or found in the repository.
     last_ordinal: Mutex<u64>,
     options: SenderOptions,
+    progress: Mutex<Progress>,
+    started: Instant,
 }
 
 impl Sender {
@@ -120,6 +149,8 @@ impl Sender {
             journal,
             incarnation: hex::encode(incarnation),
             options,
+            progress: Mutex::new(Progress::default()),
+            started: Instant::now(),
         })
     }
 
@@ -134,8 +165,110 @@ impl Sender {
         self.journal().status()
     }
 
-    /// Takes a cut and ships it; on failure the cut goes back into the journal.
+    /// Seconds since the last cut was shipped (since the sender started, before the first):
+    /// how far behind the recovery region can be at most, on this side.
+    pub fn seconds_since_shipped(&self) -> f64 {
+        let progress = self.progress.lock().expect("never poisoned");
+        progress
+            .last_success
+            .unwrap_or(self.started)
+            .elapsed()
+            .as_secs_f64()
+    }
+
+    /// Takes a cut and ships it; on failure the cut goes back into the journal. Either way
+    /// the sender's status record in the recovery repository is replaced (when it can be).
     pub fn ship(&self) -> Result<ShipReport> {
+        let result = self.ship_cut();
+        {
+            let mut progress = self.progress.lock().expect("never poisoned");
+            if let Ok(report) = &result {
+                progress.shipped_total += report.shipped_bytes;
+                progress.last_shipped = Some(report.time.clone());
+                progress.last_success = Some(Instant::now());
+            }
+        }
+        let error = result.as_ref().err().map(ToString::to_string);
+        if let Err(error) = self.publish(error) {
+            tracing::debug!(%error, "cannot write the sender's status record");
+        }
+        result
+    }
+
+    /// Replaces the sender's status record.
+    fn publish(&self, error: Option<String>) -> Result<()> {
+        let now = Instant::now();
+        let (journal, counters) = {
+            let journal = self.journal();
+            (journal.status(), journal.vm_counters())
+        };
+        let record = {
+            let mut progress = self.progress.lock().expect("never poisoned");
+            let written: BTreeMap<usize, u64> = counters
+                .iter()
+                .map(|(&vm, c)| (vm, c.written_bytes))
+                .collect();
+            let shipped = progress.shipped_total;
+            progress.samples.push_back(Sample {
+                at: now,
+                written: written.clone(),
+                shipped,
+            });
+            while progress.samples.len() > 2
+                && now.duration_since(progress.samples[1].at) >= RATE_WINDOW
+            {
+                progress.samples.pop_front();
+            }
+            let first = &progress.samples[0];
+            let seconds = now.duration_since(first.at).as_secs_f64();
+            let rate = |now: u64, then: u64| {
+                if seconds > 0.0 {
+                    now.saturating_sub(then) as f64 / seconds
+                } else {
+                    0.0
+                }
+            };
+            let vms = self
+                .vms
+                .iter()
+                .enumerate()
+                .map(|(index, vm)| {
+                    let c = counters.get(&index).copied().unwrap_or_default();
+                    VmSending {
+                        vm: vm.name.clone(),
+                        pending_writes: c.pending_writes,
+                        pending_bytes: c.pending_bytes,
+                        write_bytes_per_second: rate(
+                            c.written_bytes,
+                            first.written.get(&index).copied().unwrap_or(0),
+                        ),
+                    }
+                })
+                .collect();
+            SenderRecord {
+                format: status::FORMAT,
+                group: self.group.clone(),
+                updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                interval_seconds: self.options.interval_seconds,
+                rpo_threshold_seconds: self.options.rpo_threshold_seconds,
+                last_shipped: progress.last_shipped.clone(),
+                pending_writes: journal.pending_writes,
+                pending_bytes: journal.pending_bytes,
+                resync_pending_bytes: journal.resync_bytes,
+                ship_bytes_per_second: rate(shipped, first.shipped),
+                vms,
+                error,
+            }
+        };
+        status::write_sender(
+            self.repository.storage().as_ref(),
+            self.repository.crypto(),
+            &record,
+        )?;
+        Ok(())
+    }
+
+    fn ship_cut(&self) -> Result<ShipReport> {
         let started = Instant::now();
         let cut = self.journal().take_cut(self.options.resync_bytes_per_cut);
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

@@ -40,11 +40,13 @@ pub enum ObjectKind {
     GeoStatus,
     /// Replication cuts shipped to this (recovery) repository, until applied.
     Cut,
+    /// The latest status of each replication sender and receiver, replaced as they run.
+    ReplicationStatus,
 }
 
 impl ObjectKind {
     /// Every kind, for listing a whole repository.
-    pub const ALL: [ObjectKind; 11] = [
+    pub const ALL: [ObjectKind; 12] = [
         ObjectKind::Config,
         ObjectKind::Key,
         ObjectKind::Pack,
@@ -56,6 +58,7 @@ impl ObjectKind {
         ObjectKind::Garbage,
         ObjectKind::GeoStatus,
         ObjectKind::Cut,
+        ObjectKind::ReplicationStatus,
     ];
 
     /// The directory (or key prefix) of this kind inside the repository.
@@ -72,6 +75,7 @@ impl ObjectKind {
             ObjectKind::Garbage => "garbage",
             ObjectKind::GeoStatus => "geo-status",
             ObjectKind::Cut => "cuts",
+            ObjectKind::ReplicationStatus => "replication",
         }
     }
 
@@ -96,6 +100,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Garbage => "garbage record",
             ObjectKind::GeoStatus => "geo copy status",
             ObjectKind::Cut => "replication cut",
+            ObjectKind::ReplicationStatus => "replication status",
         };
         f.write_str(name)
     }

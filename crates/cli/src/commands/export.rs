@@ -5,7 +5,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lifeboat_backup::{point_server, resolve_point};
+use lifeboat_backup::point_server;
 use serde_json::json;
 
 use crate::cli::{ExportArguments, GlobalOptions};
@@ -15,7 +15,12 @@ pub fn run(global: &GlobalOptions, arguments: &ExportArguments) -> anyhow::Resul
         global,
         crate::repository::Access::Read,
     )?);
-    let manifest = resolve_point(&repository, &arguments.point, arguments.vm.as_deref())?;
+    let manifest = super::named_point(
+        &repository,
+        arguments.point.as_deref(),
+        arguments.vm.as_deref(),
+        arguments.at,
+    )?;
     let server = Arc::new(point_server(Arc::clone(&repository), &manifest)?);
     let names = server.export_names();
     if let Some(path) = arguments.listen.strip_prefix("unix:") {

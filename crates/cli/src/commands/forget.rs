@@ -14,6 +14,7 @@ pub fn run(global: &GlobalOptions, arguments: &ForgetArguments) -> anyhow::Resul
         keep_weekly: arguments.keep_weekly,
         keep_monthly: arguments.keep_monthly,
         keep_yearly: arguments.keep_yearly,
+        keep_within_seconds: arguments.keep_within,
     };
     let report = forget(&repository, &arguments.vm, &policy, arguments.dry_run)?;
     if global.json {

@@ -11,7 +11,9 @@ use lifeboat_repository::Repository;
 use crate::EXIT_DAMAGE;
 use crate::cli::{GeoSyncArguments, GlobalOptions};
 use crate::output::{bytes, print_json_line};
-use crate::repository::{Access, base_settings, open, open_location, required_config};
+use crate::repository::{
+    Access, base_settings, open, open_location, required_config, selected_regions,
+};
 
 /// One source and where it is copied.
 struct Pair {
@@ -34,14 +36,7 @@ fn pairs(global: &GlobalOptions, arguments: &GeoSyncArguments) -> anyhow::Result
     let config = required_config(global)?;
     let state = StateFile::load(&config.state_directory)?;
     let mut pairs = Vec::new();
-    for region in &config.regions {
-        if global
-            .region
-            .as_ref()
-            .is_some_and(|name| name != &region.name)
-        {
-            continue;
-        }
+    for region in selected_regions(&config, global) {
         let places = locations(&config, region, &state.region(&region.name));
         let Some(standby) = places.standby else {
             if global.region.is_some() {

@@ -20,3 +20,17 @@ pub fn threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
 }
+
+/// The point a command names: an id, a prefix or `latest`, or the VM's point at a time.
+pub fn named_point(
+    repository: &lifeboat_repository::Repository,
+    point: Option<&str>,
+    vm: Option<&str>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<lifeboat_repository::Manifest> {
+    Ok(match (point, vm, at) {
+        (_, Some(vm), Some(at)) => lifeboat_backup::resolve_at(repository, vm, at)?,
+        (Some(point), vm, None) => lifeboat_backup::resolve_point(repository, point, vm)?,
+        _ => anyhow::bail!("name a point: an id, 'latest' with --vm, or --at TIME with --vm"),
+    })
+}

@@ -135,7 +135,11 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         layouts,
         images,
         Arc::clone(&journal),
-        SenderOptions::default(),
+        SenderOptions {
+            interval_seconds: arguments.interval,
+            rpo_threshold_seconds: arguments.rpo_threshold,
+            ..SenderOptions::default()
+        },
     )?;
     let server = Arc::new(server);
     if let Some(address) = &arguments.listen {
@@ -163,10 +167,19 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         let started = Instant::now();
         match sender.ship() {
             Ok(report) => show(global, &report)?,
-            Err(error) => eprintln!(
-                "group '{}': shipping failed: {error}; writes go on locally and are shipped when it works again",
-                arguments.group
-            ),
+            Err(error) => {
+                eprintln!(
+                    "group '{}': shipping failed: {error}; writes go on locally and are shipped when it works again",
+                    arguments.group
+                );
+                let behind = sender.seconds_since_shipped();
+                if behind > arguments.rpo_threshold {
+                    eprintln!(
+                        "ALERT: group '{}': nothing shipped for {behind:.0} s, above the RPO threshold of {} s",
+                        arguments.group, arguments.rpo_threshold
+                    );
+                }
+            }
         }
         std::thread::sleep(interval.saturating_sub(started.elapsed()));
     }

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use lifeboat_replication::receive::{ReceiveReport, Receiver};
+use lifeboat_backup::RetentionPolicy;
+use lifeboat_replication::receive::{History, ReceiveReport, Receiver};
 
 use crate::cli::{GlobalOptions, ReceiveArguments};
 use crate::output::{bytes, print_json_line};
@@ -33,12 +34,41 @@ fn show(global: &GlobalOptions, report: &ReceiveReport, always: bool) -> anyhow:
 
 pub fn run(global: &GlobalOptions, arguments: &ReceiveArguments) -> anyhow::Result<u8> {
     let repository = open(global, Access::Write)?;
-    let mut receiver = Receiver::open(&repository, &arguments.group, &arguments.replicas)?;
+    let mut receiver = Receiver::open(&repository, &arguments.group, &arguments.replicas)?
+        .with_rpo_threshold(arguments.rpo_threshold)
+        .with_history((!arguments.keep_all).then(|| History {
+            policy: RetentionPolicy {
+                keep_within_seconds: Some(arguments.keep_within),
+                keep_hourly: arguments.keep_hourly,
+                keep_daily: arguments.keep_daily,
+                ..RetentionPolicy::default()
+            },
+            interval: Duration::from_secs(arguments.thin_every),
+        }));
     let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
+    let mut alerted: Option<Instant> = None;
     loop {
         let started = Instant::now();
         match receiver.receive() {
-            Ok(report) => show(global, &report, !arguments.follow)?,
+            Ok(report) => {
+                show(global, &report, !arguments.follow)?;
+                // One alert line per RPO threshold while it lasts.
+                let quiet = Duration::from_secs_f64(arguments.rpo_threshold.max(1.0));
+                if report.alert && alerted.is_none_or(|at| at.elapsed() >= quiet) {
+                    eprintln!(
+                        "ALERT: group '{}': RPO {} above the threshold of {} s",
+                        arguments.group,
+                        report
+                            .rpo_seconds
+                            .map(|rpo| format!("{rpo:.1} s"))
+                            .unwrap_or_else(|| "unknown (no point yet)".to_string()),
+                        arguments.rpo_threshold
+                    );
+                    alerted = Some(Instant::now());
+                } else if !report.alert {
+                    alerted = None;
+                }
+            }
             Err(error) if arguments.follow => {
                 eprintln!("group '{}': round failed: {error}", arguments.group)
             }

@@ -1,6 +1,6 @@
 //! `lifeboat restore`.
 
-use lifeboat_backup::{RestoreOptions, resolve_point, restore};
+use lifeboat_backup::{RestoreOptions, restore};
 use lifeboat_disk::Format;
 
 use crate::cli::{FormatChoice, GlobalOptions, RestoreArguments};
@@ -9,7 +9,12 @@ use crate::progress::Bar;
 
 pub fn run(global: &GlobalOptions, arguments: &RestoreArguments) -> anyhow::Result<u8> {
     let repository = crate::repository::open(global, crate::repository::Access::Read)?;
-    let manifest = resolve_point(&repository, &arguments.point, arguments.vm.as_deref())?;
+    let manifest = super::named_point(
+        &repository,
+        arguments.point.as_deref(),
+        arguments.vm.as_deref(),
+        arguments.at,
+    )?;
     let format = arguments.format.map(|choice| match choice {
         FormatChoice::Raw => Format::Raw,
         FormatChoice::Qcow2 => Format::Qcow2,
