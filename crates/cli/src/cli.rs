@@ -100,6 +100,10 @@ pub struct ProtectArguments {
     /// from the images when shipping can go on (resync).
     #[arg(long, default_value_t = 1024)]
     pub journal_mib: u64,
+    /// Directory of the disks' persistent dirty maps (default: beside each image, as
+    /// IMAGE.lifeboat-dirty). After a restart only what they mark is sent again.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
     /// Seconds of RPO above which the group is in alert (logged, and flagged in
     /// `lifeboat status`).
     #[arg(long, default_value_t = 30.0)]

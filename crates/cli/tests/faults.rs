@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Harness, identical, number, text};
+use common::{Harness, SmallFilesystem, identical, number, text};
 
 fn packs(repository: &Path) -> Vec<PathBuf> {
     let mut packs = Vec::new();
@@ -402,40 +402,6 @@ fn two_backups_of_one_vm_at_once_one_is_refused_clearly() {
     // the lease is gone once the first finished.
     harness.ok(&arguments);
     assert_eq!(harness.points().len(), 2);
-}
-
-/// A tmpfs of `size` mounted at `path`, unmounted on drop.
-struct SmallFilesystem(PathBuf);
-
-impl SmallFilesystem {
-    fn mount(path: &Path, size: &str) -> SmallFilesystem {
-        std::fs::create_dir_all(path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root; the test suite runs as root (see README)"
-        );
-        SmallFilesystem(path.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for SmallFilesystem {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -4,177 +4,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::replication::{
+    Killed, Protect, block, counter, follow, raw_disk, receive_past, status_until,
+};
 use common::{Harness, identical, text};
-use lifeboat_nbd::Client;
 use serde_json::Value;
-
-/// A running `lifeboat protect`, killed on drop.
-struct Protect {
-    _child: Killed,
-    socket: PathBuf,
-}
-
-impl Protect {
-    fn start(
-        harness: &Harness,
-        group: &str,
-        vms: &[(String, Vec<PathBuf>)],
-        interval: &str,
-    ) -> Protect {
-        Protect::start_with(harness, group, vms, interval, &[])
-    }
-
-    /// Starts protect with `extra` arguments.
-    fn start_with(
-        harness: &Harness,
-        group: &str,
-        vms: &[(String, Vec<PathBuf>)],
-        interval: &str,
-        extra: &[&str],
-    ) -> Protect {
-        let socket = harness.path(&format!("{group}.sock"));
-        let _ = std::fs::remove_file(&socket);
-        let mut command = harness.command();
-        command.args([
-            "protect",
-            "--group",
-            group,
-            "--interval",
-            interval,
-            "--socket",
-        ]);
-        command.arg(&socket).args(extra);
-        for (name, disks) in vms {
-            let disks: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
-            command
-                .arg("--vm")
-                .arg(format!("{name}={}", disks.join(",")));
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "protect never opened its socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Protect {
-            _child: Killed(child),
-            socket,
-        }
-    }
-
-    fn client(&self, export: &str) -> Client {
-        Client::connect_unix(&self.socket, export, &[]).unwrap()
-    }
-}
-
-/// `lifeboat receive --follow` in the background, its stderr kept in a file.
-fn follow(harness: &Harness, group: &str, replicas: &Path, extra: &[&str]) -> (Killed, PathBuf) {
-    let log = harness.path(&format!("receive-{group}.log"));
-    let child = harness
-        .command()
-        .args(["receive", "--follow", "--interval", "0.1", "--group", group])
-        .arg("--replicas")
-        .arg(replicas)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    (Killed(child), log)
-}
-
-/// `status --json` of the recovery repository: the one group `group`.
-fn group_status(harness: &Harness, group: &str) -> Value {
-    let status = harness.json(&["status"]);
-    let groups = &status["replication"][0]["groups"];
-    groups
-        .as_array()
-        .and_then(|groups| groups.iter().find(|g| g["group"] == group))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-/// Polls `status` until `check` holds (within 60 s); returns that group status.
-fn status_until(harness: &Harness, group: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = group_status(harness, group);
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never got there: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A child process killed on drop (also when a test fails).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn raw_disk(harness: &Harness, name: &str, size: &str) -> PathBuf {
-    let path = harness.path(name);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "raw"])
-        .arg(&path)
-        .arg(size)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
-}
-
-/// Runs `receive --once` until the replicas hold every write acknowledged before `after`
-/// and are consistent; returns the last report.
-fn receive_past(
-    harness: &Harness,
-    group: &str,
-    replicas: &Path,
-    after: chrono::DateTime<chrono::Utc>,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let report = harness.json(&[
-            "receive",
-            "--group",
-            group,
-            "--replicas",
-            replicas.to_str().unwrap(),
-        ]);
-        let applied = report["applied_time"].as_str().map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .unwrap()
-                .with_timezone(&chrono::Utc)
-        });
-        if report["consistent"] == true && applied.is_some_and(|t| t > after) {
-            return report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replicas never caught up: {report}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn writes_through_the_export_reach_restorable_points_in_the_recovery_repository() {
@@ -253,20 +93,6 @@ fn writes_through_the_export_reach_restorable_points_in_the_recovery_repository(
     );
 }
 
-/// The counter at the start of a disk image.
-fn counter(path: &Path) -> u64 {
-    let bytes = std::fs::read(path).unwrap();
-    u64::from_le_bytes(bytes[..8].try_into().unwrap())
-}
-
-fn block(value: u64) -> Vec<u8> {
-    let mut block = vec![0u8; 4096];
-    for slot in block.chunks_mut(8) {
-        slot.copy_from_slice(&value.to_le_bytes());
-    }
-    block
-}
-
 #[test]
 fn no_point_of_a_16_vm_group_holds_a_write_without_those_acknowledged_before_it() {
     const VMS: usize = 16;
@@ -297,6 +123,7 @@ fn no_point_of_a_16_vm_group_holds_a_write_without_those_acknowledged_before_it(
             ])
             .arg(&replicas)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );

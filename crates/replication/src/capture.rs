@@ -1,7 +1,7 @@
 //! Write capture: a protected disk served read-write over NBD, backed by its local image.
 //!
-//! Every write goes to the image first, then into the group's journal, then is
-//! acknowledged. FLUSH and FUA reach the image with `fdatasync`, so a crash of the host
+//! Every write is first set in the disk's persistent dirty map, then goes to the image,
+//! then into the group's journal, then is acknowledged. FLUSH and FUA reach the image with `fdatasync`, so a crash of the host
 //! loses nothing acknowledged as flushed. Reads come from the image.
 
 use std::fs::{File, OpenOptions};
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use lifeboat_nbd::protocol::{EIO, ENOSPC};
 use lifeboat_nbd::{Export, ExportError};
 
+use crate::dirty::DirtyMap;
 use crate::error::{Result, io};
 use crate::journal::{DiskId, Journal, Payload};
 
@@ -22,6 +23,7 @@ pub struct CapturedDisk {
     file: File,
     size_bytes: u64,
     journal: Arc<Mutex<Journal>>,
+    dirty: Arc<DirtyMap>,
 }
 
 impl std::fmt::Debug for CapturedDisk {
@@ -44,8 +46,14 @@ fn export_error(path: &Path, operation: &str, offset: u64, error: std::io::Error
 }
 
 impl CapturedDisk {
-    /// Opens the raw image at `path` for capture as disk `id` of the group.
-    pub fn open(path: &Path, id: DiskId, journal: Arc<Mutex<Journal>>) -> Result<CapturedDisk> {
+    /// Opens the raw image at `path` for capture as disk `id` of the group, tracking its
+    /// writes in `dirty`.
+    pub fn open(
+        path: &Path,
+        id: DiskId,
+        journal: Arc<Mutex<Journal>>,
+        dirty: Arc<DirtyMap>,
+    ) -> Result<CapturedDisk> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -61,7 +69,25 @@ impl CapturedDisk {
             file,
             size_bytes,
             journal,
+            dirty,
         })
+    }
+
+    /// Runs `write` (to the image) between setting its blocks in the dirty map and
+    /// journaling it; the blocks stay in flight until it is journaled or failed.
+    fn tracked(
+        &self,
+        offset: u64,
+        length: u64,
+        write: impl FnOnce() -> Result<Payload, ExportError>,
+    ) -> Result<(), ExportError> {
+        self.dirty.begin(offset, length).map_err(|e| ExportError {
+            errno: EIO,
+            message: format!("write to {} at {offset}: {e}", self.path.display()),
+        })?;
+        let result = write().map(|payload| self.record(offset, length, payload));
+        self.dirty.end(offset, length);
+        result
     }
 
     /// Ranges of the image that may hold data (what an initial sync sends).
@@ -103,24 +129,26 @@ impl Export for CapturedDisk {
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| export_error(&self.path, "write", offset, e))?;
-        if fua {
-            self.sync(offset)?;
-        }
-        self.record(offset, data.len() as u64, Payload::Data(data.into()));
-        Ok(())
+        self.tracked(offset, data.len() as u64, || {
+            self.file
+                .write_all_at(data, offset)
+                .map_err(|e| export_error(&self.path, "write", offset, e))?;
+            if fua {
+                self.sync(offset)?;
+            }
+            Ok(Payload::Data(data.into()))
+        })
     }
 
     fn write_zeroes(&self, offset: u64, length: u64, fua: bool) -> Result<(), ExportError> {
-        crate::write_zeroes(&self.file, offset, length)
-            .map_err(|e| export_error(&self.path, "write zeros to", offset, e))?;
-        if fua {
-            self.sync(offset)?;
-        }
-        self.record(offset, length, Payload::Zeroes);
-        Ok(())
+        self.tracked(offset, length, || {
+            crate::write_zeroes(&self.file, offset, length)
+                .map_err(|e| export_error(&self.path, "write zeros to", offset, e))?;
+            if fua {
+                self.sync(offset)?;
+            }
+            Ok(Payload::Zeroes)
+        })
     }
 
     fn flush(&self) -> Result<(), ExportError> {

@@ -250,6 +250,20 @@ impl Journal {
         }
     }
 
+    /// Every range still to be read again from the images.
+    pub fn pending_resync(&self) -> Vec<ResyncRange> {
+        self.resync
+            .iter()
+            .flat_map(|(&disk, ranges)| {
+                ranges.iter().map(move |&(offset, length)| ResyncRange {
+                    disk,
+                    offset,
+                    length,
+                })
+            })
+            .collect()
+    }
+
     /// Counters.
     pub fn status(&self) -> JournalStatus {
         JournalStatus {

@@ -30,6 +30,7 @@
 
 pub mod capture;
 pub mod cut;
+pub mod dirty;
 pub mod error;
 pub mod journal;
 pub mod receive;
@@ -42,6 +43,21 @@ pub use error::{ReplicationError, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
+
+/// A file or directory name for a VM: its name where that is a plain file name, else a hex
+/// form.
+pub fn file_name_for(vm: &str) -> String {
+    let plain = !vm.is_empty()
+        && !vm.starts_with('.')
+        && vm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        vm.to_string()
+    } else {
+        format!("vm-{}", hex::encode(vm.as_bytes()))
+    }
+}
 
 /// Zeroes `[offset, offset + length)` of `file`: a hole where the filesystem can punch one,
 /// written zeros elsewhere.

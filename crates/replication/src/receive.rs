@@ -100,20 +100,6 @@ const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10)
 /// Open replica files, per VM, per disk.
 type Replicas = Vec<Vec<(PathBuf, File)>>;
 
-/// Directory of a VM's replicas: its name where that is a plain file name, else a hex form.
-fn vm_directory(vm: &str) -> String {
-    let plain = !vm.is_empty()
-        && !vm.starts_with('.')
-        && vm
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if plain {
-        vm.to_string()
-    } else {
-        format!("vm-{}", hex::encode(vm.as_bytes()))
-    }
-}
-
 impl<'a> Receiver<'a> {
     /// A receiver of `group` from `repository` into `directory` (created if needed).
     pub fn open(repository: &'a Repository, group: &str, directory: &Path) -> Result<Receiver<'a>> {
@@ -185,7 +171,7 @@ impl<'a> Receiver<'a> {
 
     /// The replica of a disk.
     pub fn replica_path(&self, vm: &str, disk: &str) -> PathBuf {
-        self.directory.join(vm_directory(vm)).join(disk)
+        self.directory.join(crate::file_name_for(vm)).join(disk)
     }
 
     /// Applies every committed cut not applied yet, making points from consistent ones,
@@ -392,7 +378,7 @@ impl<'a> Receiver<'a> {
     fn prepare(&self, vms: &[VmLayout]) -> Result<Replicas> {
         let mut files = Vec::new();
         for vm in vms {
-            let directory = self.directory.join(vm_directory(&vm.name));
+            let directory = self.directory.join(crate::file_name_for(&vm.name));
             std::fs::create_dir_all(&directory).map_err(|e| io(&directory, "create", e))?;
             let mut disks = Vec::new();
             for disk in &vm.disks {

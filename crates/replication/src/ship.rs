@@ -19,6 +19,7 @@ use serde::Serialize;
 use lifeboat_repository::{ObjectKind, Repository};
 
 use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
+use crate::dirty::DirtyMap;
 use crate::error::{Result, io};
 use crate::journal::{Cut, Journal, JournalStatus};
 use crate::status::{self, SenderRecord, VmSending};
@@ -106,16 +107,22 @@ pub struct Sender {
     options: SenderOptions,
     progress: Mutex<Progress>,
     started: Instant,
+    /// Per VM, per disk, the persistent dirty maps.
+    dirty: Vec<Vec<Arc<DirtyMap>>>,
+    /// Cuts committed by this sender: which dirty map the next commit clears.
+    commits: Mutex<u64>,
 }
 
 impl Sender {
-    /// A sender of `group` into `repository`, reading resync ranges from `images` (per VM,
-    /// per disk, in the order of `vms`).
+    /// A sender of `group` into `repository`, reading resync ranges from `images` and
+    /// clearing the disks' `dirty` maps as cuts commit (both per VM, per disk, in the order
+    /// of `vms`).
     pub fn new(
         repository: Repository,
         group: &str,
         vms: Vec<VmLayout>,
         images: Vec<Vec<PathBuf>>,
+        dirty: Vec<Vec<Arc<DirtyMap>>>,
         journal: Arc<Mutex<Journal>>,
         options: SenderOptions,
     ) -> Result<Sender> {
@@ -151,6 +158,8 @@ impl Sender {
             options,
             progress: Mutex::new(Progress::default()),
             started: Instant::now(),
+            dirty,
+            commits: Mutex::new(0),
         })
     }
 
@@ -270,9 +279,24 @@ impl Sender {
 
     fn ship_cut(&self) -> Result<ShipReport> {
         let started = Instant::now();
-        let cut = self.journal().take_cut(self.options.resync_bytes_per_cut);
+        let (cut, pending) = {
+            let mut journal = self.journal();
+            let cut = journal.take_cut(self.options.resync_bytes_per_cut);
+            (cut, journal.pending_resync())
+        };
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        match self.write_cut(&cut, &time) {
+        // Ranges still to resync stay dirty through the commit that clears a map.
+        let marked = pending.iter().try_for_each(|range| {
+            self.dirty[range.disk.vm][range.disk.disk].mark(range.offset, range.length)
+        });
+        let written = marked.and_then(|()| self.write_cut(&cut, &time));
+        if written.is_ok()
+            && let Err(error) = self.clear_dirty()
+        {
+            // Blocks left set are only resynced again after a restart: safe.
+            tracing::warn!(%error, "cannot clear the dirty maps after a commit");
+        }
+        match written {
             Ok((ordinal, shipped_bytes, resync_bytes)) => {
                 let status = self.status();
                 Ok(ShipReport {
@@ -296,6 +320,17 @@ impl Sender {
                 Err(error)
             }
         }
+    }
+
+    /// After a commit: clears one of the two dirty maps of every disk, alternately.
+    fn clear_dirty(&self) -> Result<()> {
+        let mut commits = self.commits.lock().expect("never poisoned");
+        let map = (*commits % 2) as usize;
+        *commits += 1;
+        for dirty in self.dirty.iter().flatten() {
+            dirty.clear(map)?;
+        }
+        Ok(())
     }
 
     /// Writes the parts and the commit of `cut`; returns its ordinal, bytes shipped and

@@ -11,6 +11,7 @@ use lifeboat_disk::{Format, inspect};
 use lifeboat_nbd::Server;
 use lifeboat_replication::capture::CapturedDisk;
 use lifeboat_replication::cut::{DiskLayout, VmLayout};
+use lifeboat_replication::dirty::DirtyMap;
 use lifeboat_replication::journal::{DiskId, Journal};
 use lifeboat_replication::ship::{Sender, SenderOptions, ShipReport};
 
@@ -32,6 +33,20 @@ fn parse_vm(text: &str) -> anyhow::Result<(String, Vec<PathBuf>)> {
         bail!("--vm '{text}' needs a name and at least one disk: NAME=DISK[,DISK...]");
     }
     Ok((name.to_string(), disks))
+}
+
+/// Where a disk's dirty map lives: `--state DIR/VM/DISK.dirty`, or beside the image.
+fn dirty_map_path(arguments: &ProtectArguments, image: &Path, vm: &str, disk: &str) -> PathBuf {
+    match &arguments.state {
+        Some(directory) => directory
+            .join(lifeboat_replication::file_name_for(vm))
+            .join(format!("{disk}.dirty")),
+        None => {
+            let mut name = image.as_os_str().to_owned();
+            name.push(".lifeboat-dirty");
+            PathBuf::from(name)
+        }
+    }
 }
 
 fn file_name(path: &Path) -> anyhow::Result<String> {
@@ -83,6 +98,8 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
     let mut layouts = Vec::new();
     let mut images = Vec::new();
     let mut names = Vec::new();
+    let mut dirty_maps = Vec::new();
+    let mut maps = Vec::new();
     for (vm_number, text) in arguments.vms.iter().enumerate() {
         let (name, disks) = parse_vm(text)?;
         if names.contains(&name) {
@@ -112,14 +129,44 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
                 vm: vm_number,
                 disk: disk_number,
             };
-            let disk = CapturedDisk::open(path, id, Arc::clone(&journal))?;
-            // Initial sync: every allocated range, read from the image while writes go on.
+            let map_path = dirty_map_path(arguments, path, &name, &disk_name);
+            let binding = format!(
+                "{}/{}/{name}/{disk_name}",
+                repository.config().repository_id,
+                arguments.group
+            );
+            let (map, dirty) = DirtyMap::open(&map_path, info.virtual_size_bytes, &binding)?;
+            let map = Arc::new(map);
+            let disk = CapturedDisk::open(path, id, Arc::clone(&journal), Arc::clone(&map))?;
+            // What to send first: after a restart, what the dirty map holds; else the
+            // initial sync, every allocated range. Read from the image while writes go on.
+            let restarted = dirty.is_some();
+            let ranges: Vec<(u64, u64)> = match dirty {
+                Some(ranges) => ranges,
+                None => disk
+                    .data_ranges()
+                    .iter()
+                    .map(|range| (range.offset, range.length))
+                    .collect(),
+            };
+            let resync: u64 = ranges.iter().map(|(_, length)| length).sum();
+            eprintln!(
+                "{name}/{disk_name}: {} {}",
+                if restarted {
+                    "resyncing what changed,"
+                } else {
+                    "initial sync of"
+                },
+                bytes(resync)
+            );
             {
                 let mut journal = journal.lock().expect("never poisoned");
-                for range in disk.data_ranges() {
-                    journal.add_resync(id, range.offset, range.length);
+                for &(offset, length) in &ranges {
+                    map.mark(offset, length)?;
+                    journal.add_resync(id, offset, length);
                 }
             }
+            maps.push(map);
             layout.disks.push(DiskLayout {
                 name: disk_name.clone(),
                 size_bytes: info.virtual_size_bytes,
@@ -128,12 +175,14 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         }
         images.push(disks);
         layouts.push(layout);
+        dirty_maps.push(std::mem::take(&mut maps));
     }
     let sender = Sender::new(
         repository,
         &arguments.group,
         layouts,
         images,
+        dirty_maps,
         Arc::clone(&journal),
         SenderOptions {
             interval_seconds: arguments.interval,

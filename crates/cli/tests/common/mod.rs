@@ -2,6 +2,8 @@
 //! `lifeboat` binary, the test images from `scripts/make-test-images.sh`, and qemu's tools.
 #![allow(dead_code)]
 
+pub mod replication;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -234,4 +236,38 @@ pub fn number(value: &Value, field: &str) -> u64 {
     value[field]
         .as_u64()
         .unwrap_or_else(|| panic!("no number {field} in {value}"))
+}
+
+/// A tmpfs of `size` mounted at `path`, unmounted on drop.
+pub struct SmallFilesystem(PathBuf);
+
+impl SmallFilesystem {
+    pub fn mount(path: &Path, size: &str) -> SmallFilesystem {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root; the test suite runs as root (see README)"
+        );
+        SmallFilesystem(path.to_path_buf())
+    }
+
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
