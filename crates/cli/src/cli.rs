@@ -100,6 +100,16 @@ pub struct ProtectArguments {
     /// from the images when shipping can go on (resync).
     #[arg(long, default_value_t = 1024)]
     pub journal_mib: u64,
+    /// A freeze/thaw hook, run as `HOOK freeze GROUP` and `HOOK thaw GROUP`, for
+    /// application-consistent points.
+    #[arg(long)]
+    pub freeze_hook: Option<PathBuf>,
+    /// How often to make an application-consistent point with --freeze-hook.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub app_consistent_every: u64,
+    /// Longest a freeze or thaw may take before it counts as failed.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub freeze_timeout: u64,
     /// Directory of the disks' persistent dirty maps (default: beside each image, as
     /// IMAGE.lifeboat-dirty). After a restart only what they mark is sent again.
     #[arg(long)]

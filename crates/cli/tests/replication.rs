@@ -399,3 +399,136 @@ fn restore_at_a_wall_clock_time_picks_the_point_of_that_moment_and_history_is_th
     harness.restore("latest", &harness.path("latest"), &["--vm", "db1"]);
     assert_eq!(counter(&harness.path("latest").join("disk.raw")), 9);
 }
+
+/// The 8-byte value at `offset` of a file.
+fn value_at(path: &std::path::Path, offset: usize) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
+}
+
+#[test]
+fn a_freeze_hook_makes_application_consistent_points_that_hold_the_quiesced_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let harness = Harness::new();
+    let disk = raw_disk(&harness, "db1/disk.raw", "1M");
+    let (frozen, quiet, calls) = (
+        harness.path("frozen"),
+        harness.path("quiet"),
+        harness.path("calls"),
+    );
+    // The hook asks the application to quiesce and waits until it has.
+    let hook = harness.path("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $2 $LIFEBOAT_GROUP\" >> {calls}\ncase \"$1\" in\n\
+             freeze) touch {frozen}; i=0; while [ ! -e {quiet} ]; do sleep 0.01; i=$((i+1)); \
+             [ $i -gt 500 ] && exit 1; done ;;\n\
+             thaw) rm -f {frozen} {quiet} ;;\nesac\nexit 0\n",
+            calls = calls.display(),
+            frozen = frozen.display(),
+            quiet = quiet.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let protect = Protect::start_with(
+        &harness,
+        "shop",
+        &[("db1".to_string(), vec![disk.clone()])],
+        "0.2",
+        &[
+            "--freeze-hook",
+            hook.to_str().unwrap(),
+            "--app-consistent-every",
+            "1s",
+        ],
+    );
+    // The application: a counter in block 0, and in block 1 the counter as of its last
+    // checkpoint, written when asked to quiesce. Quiesced, block 1 equals block 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    let application = {
+        let mut client = protect.client("db1/disk.raw");
+        let (stop, frozen, quiet) = (Arc::clone(&stop), frozen.clone(), quiet.clone());
+        std::thread::spawn(move || {
+            let mut value = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if frozen.exists() {
+                    if !quiet.exists() {
+                        client.write(4096, &block(value), false).unwrap();
+                        client.flush().unwrap();
+                        std::fs::write(&quiet, b"").unwrap();
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                value += 1;
+                client.write(0, &block(value), false).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            value
+        })
+    };
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let last = application.join().unwrap();
+    assert!(last > 20, "the application made progress: {last}");
+    let replicas = harness.path("replicas");
+    receive_past(&harness, "shop", &replicas, chrono::Utc::now());
+
+    let points = harness.points();
+    let app: Vec<&Value> = points
+        .iter()
+        .filter(|p| p["consistency"] == "app")
+        .collect();
+    assert!(
+        app.len() >= 2,
+        "application-consistent points: {points:?}\n{}",
+        protect.log()
+    );
+    for point in &app {
+        let id = text(point, "point");
+        let target = harness.path(&format!("restored-{id}"));
+        harness.restore(&id, &target, &[]);
+        let restored = target.join("disk.raw");
+        assert_eq!(
+            value_at(&restored, 0),
+            value_at(&restored, 4096),
+            "application-consistent point {id} holds writes made after the quiesce"
+        );
+    }
+    let log = std::fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 4, "{log}");
+    for pair in lines.chunks(2).filter(|pair| pair.len() == 2) {
+        assert_eq!(pair, ["freeze shop shop", "thaw shop shop"], "{log}");
+    }
+
+    // A freeze that fails thaws, logs why, and replication goes on crash-consistent.
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$1\" = freeze ] && echo cannot quiesce >&2 && exit 1\nexit 0\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !protect.log().contains("cannot quiesce") {
+        assert!(Instant::now() < deadline, "{}", protect.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        protect
+            .log()
+            .contains("no application-consistent point this time: ")
+            && protect.log().contains("freeze failed"),
+        "{}",
+        protect.log()
+    );
+    let mut client = protect.client("db1/disk.raw");
+    client.write(0, &block(last + 1000), true).unwrap();
+    receive_past(&harness, "shop", &replicas, chrono::Utc::now());
+    harness.restore("latest", &harness.path("after"), &["--vm", "db1"]);
+    assert_eq!(
+        counter(&harness.path("after").join("disk.raw")),
+        last + 1000
+    );
+}

@@ -33,6 +33,7 @@ pub mod cut;
 pub mod dirty;
 pub mod error;
 pub mod journal;
+pub mod quiesce;
 pub mod receive;
 pub mod replica_state;
 pub mod ship;

@@ -235,7 +235,8 @@ impl<'a> Receiver<'a> {
         // A point interrupted after its cut was applied.
         if self.state.applied_consistent && self.state.sealed_ordinal < self.state.applied_ordinal {
             let time = self.state.applied_time.clone();
-            self.seal(&time, &mut report)?;
+            let application = self.state.applied_application_consistent;
+            self.seal(&time, application, &mut report)?;
         }
         let objects = self.repository.storage().list(ObjectKind::Cut)?;
         let mut commits: Vec<u64> = Vec::new();
@@ -264,9 +265,10 @@ impl<'a> Receiver<'a> {
             report.cuts += 1;
             // Behind, points are made from the last consistent cut before the replicas
             // change again: the newest state, without a point per cut to catch up with.
+            // Application-consistent cuts always make points: they are what was asked for.
             let last_consistent = next.as_ref().is_none_or(|n| !n.consistent);
-            if commit.consistent && last_consistent {
-                self.seal(&commit.time, &mut report)?;
+            if commit.consistent && (last_consistent || commit.application_consistent) {
+                self.seal(&commit.time, commit.application_consistent, &mut report)?;
             }
             self.delete_up_to(commit.ordinal, &all);
         }
@@ -370,6 +372,7 @@ impl<'a> Receiver<'a> {
         self.state.applied_ordinal = commit.ordinal;
         self.state.applied_time = commit.time.clone();
         self.state.applied_consistent = commit.consistent;
+        self.state.applied_application_consistent = commit.application_consistent;
         self.state.save(&self.directory)?;
         Ok(applied)
     }
@@ -410,8 +413,9 @@ impl<'a> Receiver<'a> {
         Ok(files)
     }
 
-    /// Makes a point of every VM that changed since its last point, from the replicas.
-    fn seal(&mut self, time: &str, report: &mut ReceiveReport) -> Result<()> {
+    /// Makes a point of every VM that changed since its last point, from the replicas; of
+    /// every VM when the cut is application-consistent.
+    fn seal(&mut self, time: &str, application: bool, report: &mut ReceiveReport) -> Result<()> {
         let vms = self.state.vms.clone();
         for vm in &vms {
             let pending = self
@@ -421,7 +425,7 @@ impl<'a> Receiver<'a> {
                 .cloned()
                 .unwrap_or_default();
             let has_point = self.state.points.contains_key(&vm.name);
-            if has_point && pending.values().all(Vec::is_empty) {
+            if has_point && !application && pending.values().all(Vec::is_empty) {
                 continue;
             }
             let disks: Vec<PathBuf> = vm
@@ -447,7 +451,11 @@ impl<'a> Receiver<'a> {
             let mut options = BackupOptions::new(vm.name.clone(), disks);
             options.changed_ranges = Some(changed);
             options.time = Some(time.to_string());
-            options.consistency = Consistency::Crash;
+            options.consistency = if application {
+                Consistency::App
+            } else {
+                Consistency::Crash
+            };
             let made = lifeboat_backup::backup(self.repository, &options, &NoProgress)?;
             self.state.pending.remove(&vm.name);
             self.state

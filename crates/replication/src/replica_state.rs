@@ -34,6 +34,9 @@ pub struct ReplicaState {
     pub applied_time: String,
     /// Whether the replicas were consistent after it.
     pub applied_consistent: bool,
+    /// Whether it was taken with the applications frozen.
+    #[serde(default)]
+    pub applied_application_consistent: bool,
     /// The last cut recovery points were made from.
     pub sealed_ordinal: u64,
     /// Its time: every VM of the group has a point holding every write acknowledged up

@@ -22,6 +22,7 @@ use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
 use crate::dirty::DirtyMap;
 use crate::error::{Result, io};
 use crate::journal::{Cut, Journal, JournalStatus};
+use crate::quiesce::Quiesce;
 use crate::status::{self, SenderRecord, VmSending};
 
 /// Largest part object.
@@ -86,6 +87,10 @@ pub struct ShipReport {
     /// Bytes of part objects written.
     pub shipped_bytes: u64,
     pub consistent: bool,
+    /// Taken while the group's applications were frozen.
+    pub application_consistent: bool,
+    /// Why a freeze asked for did not happen (the cut is crash-consistent).
+    pub quiesce_error: Option<String>,
     pub seconds: f64,
     /// The journal after the round.
     pub pending_writes: u64,
@@ -188,7 +193,13 @@ impl Sender {
     /// Takes a cut and ships it; on failure the cut goes back into the journal. Either way
     /// the sender's status record in the recovery repository is replaced (when it can be).
     pub fn ship(&self) -> Result<ShipReport> {
-        let result = self.ship_cut();
+        self.ship_quiesced(None)
+    }
+
+    /// The same; with `quiesce`, the cut is taken while the group's applications are
+    /// frozen, and thawed right after (before shipping): an application-consistent cut.
+    pub fn ship_quiesced(&self, quiesce: Option<&dyn Quiesce>) -> Result<ShipReport> {
+        let result = self.ship_cut(quiesce);
         {
             let mut progress = self.progress.lock().expect("never poisoned");
             if let Ok(report) = &result {
@@ -277,19 +288,35 @@ impl Sender {
         Ok(())
     }
 
-    fn ship_cut(&self) -> Result<ShipReport> {
+    fn ship_cut(&self, quiesce: Option<&dyn Quiesce>) -> Result<ShipReport> {
         let started = Instant::now();
+        let frozen = quiesce.map(|q| q.freeze());
         let (cut, pending) = {
             let mut journal = self.journal();
             let cut = journal.take_cut(self.options.resync_bytes_per_cut);
             (cut, journal.pending_resync())
         };
+        if let Some(quiesce) = quiesce {
+            // Thawed whatever the freeze did: a half-frozen group must not stay frozen.
+            if let Err(error) = quiesce.thaw() {
+                tracing::error!(group = %self.group, %error, "thaw failed");
+                eprintln!("group '{}': THAW FAILED: {error}", self.group);
+            }
+        }
+        let quiesce_error = match &frozen {
+            Some(Err(error)) => Some(error.clone()),
+            Some(Ok(())) if !cut.consistent => {
+                Some("a resync is in progress: the replicas are not consistent yet".to_string())
+            }
+            _ => None,
+        };
+        let application_consistent = matches!(frozen, Some(Ok(()))) && cut.consistent;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         // Ranges still to resync stay dirty through the commit that clears a map.
         let marked = pending.iter().try_for_each(|range| {
             self.dirty[range.disk.vm][range.disk.disk].mark(range.offset, range.length)
         });
-        let written = marked.and_then(|()| self.write_cut(&cut, &time));
+        let written = marked.and_then(|()| self.write_cut(&cut, &time, application_consistent));
         if written.is_ok()
             && let Err(error) = self.clear_dirty()
         {
@@ -309,6 +336,8 @@ impl Sender {
                     resync_bytes,
                     shipped_bytes,
                     consistent: cut.consistent,
+                    application_consistent,
+                    quiesce_error,
                     seconds: started.elapsed().as_secs_f64(),
                     pending_writes: status.pending_writes,
                     pending_bytes: status.pending_bytes,
@@ -335,7 +364,12 @@ impl Sender {
 
     /// Writes the parts and the commit of `cut`; returns its ordinal, bytes shipped and
     /// bytes resynced.
-    fn write_cut(&self, cut: &Cut, time: &str) -> Result<(u64, u64, u64)> {
+    fn write_cut(
+        &self,
+        cut: &Cut,
+        time: &str,
+        application_consistent: bool,
+    ) -> Result<(u64, u64, u64)> {
         let ordinal = {
             let mut last = self.last_ordinal.lock().expect("never poisoned");
             let now = std::time::SystemTime::now()
@@ -415,7 +449,7 @@ impl Sender {
             vms: self.vms.clone(),
             parts,
             consistent: cut.consistent,
-            application_consistent: false,
+            application_consistent,
             sender: self.incarnation.clone(),
         };
         let sealed = cut::seal_commit(crypto, &commit);

@@ -13,6 +13,7 @@ use lifeboat_replication::capture::CapturedDisk;
 use lifeboat_replication::cut::{DiskLayout, VmLayout};
 use lifeboat_replication::dirty::DirtyMap;
 use lifeboat_replication::journal::{DiskId, Journal};
+use lifeboat_replication::quiesce::{Hook, Quiesce};
 use lifeboat_replication::ship::{Sender, SenderOptions, ShipReport};
 
 use crate::cli::{GlobalOptions, ProtectArguments};
@@ -61,7 +62,7 @@ fn show(global: &GlobalOptions, report: &ShipReport) -> anyhow::Result<()> {
     if global.json {
         return print_json_line(report);
     }
-    if report.writes == 0 && report.resync_bytes == 0 {
+    if report.writes == 0 && report.resync_bytes == 0 && !report.application_consistent {
         return Ok(());
     }
     eprintln!(
@@ -74,7 +75,9 @@ fn show(global: &GlobalOptions, report: &ShipReport) -> anyhow::Result<()> {
         bytes(report.resync_bytes),
         bytes(report.shipped_bytes),
         report.seconds,
-        if report.consistent {
+        if report.application_consistent {
+            " (application-consistent)".to_string()
+        } else if report.consistent {
             String::new()
         } else {
             format!(
@@ -212,10 +215,33 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         );
     }
     let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
+    let hook = arguments.freeze_hook.as_ref().map(|script| Hook {
+        script: script.clone(),
+        group: arguments.group.clone(),
+        timeout: Duration::from_secs(arguments.freeze_timeout.max(1)),
+    });
+    let every = Duration::from_secs(arguments.app_consistent_every.max(1));
+    let mut quiesced: Option<Instant> = None;
     loop {
         let started = Instant::now();
-        match sender.ship() {
-            Ok(report) => show(global, &report)?,
+        // Application-consistent on schedule (the first right away); a failed freeze waits
+        // for the next turn rather than pausing the applications at every cut.
+        let quiesce = hook
+            .as_ref()
+            .filter(|_| quiesced.is_none_or(|at| at.elapsed() >= every));
+        if quiesce.is_some() {
+            quiesced = Some(Instant::now());
+        }
+        match sender.ship_quiesced(quiesce.map(|hook| hook as &dyn Quiesce)) {
+            Ok(report) => {
+                if let Some(error) = &report.quiesce_error {
+                    eprintln!(
+                        "group '{}': no application-consistent point this time: {error}",
+                        arguments.group
+                    );
+                }
+                show(global, &report)?
+            }
             Err(error) => {
                 eprintln!(
                     "group '{}': shipping failed: {error}; writes go on locally and are shipped when it works again",
