@@ -100,6 +100,10 @@ pub struct ProtectArguments {
     /// from the images when shipping can go on (resync).
     #[arg(long, default_value_t = 1024)]
     pub journal_mib: u64,
+    /// Ship every write as journaled, even those overwritten whole later in the same cut
+    /// (for measurements; the default ships each cut's end state).
+    #[arg(long, hide = true)]
+    pub ship_every_write: bool,
     /// A freeze/thaw hook, run as `HOOK freeze GROUP` and `HOOK thaw GROUP`, for
     /// application-consistent points.
     #[arg(long)]

@@ -95,6 +95,31 @@ impl Cut {
     pub fn journal_bytes(&self) -> u64 {
         self.writes.iter().map(Write::memory_bytes).sum()
     }
+
+    /// Drops every write that a later write of the cut overwrites whole: applied in order,
+    /// the rest leaves the disks exactly as all of them would, and only the cut's end
+    /// state is ever made a point. Returns the writes dropped.
+    pub fn coalesce(&mut self) -> u64 {
+        let mut covered: std::collections::HashMap<DiskId, Vec<(u64, u64)>> = Default::default();
+        let mut keep = vec![true; self.writes.len()];
+        for (index, write) in self.writes.iter().enumerate().rev() {
+            let ranges = covered.entry(write.disk).or_default();
+            let end = write.offset + write.length;
+            let first = ranges.partition_point(|&(offset, length)| offset + length < end);
+            let inside = ranges
+                .get(first)
+                .is_some_and(|&(offset, length)| offset <= write.offset && offset + length >= end);
+            if inside {
+                keep[index] = false;
+            } else {
+                insert_range(ranges, write.offset, end);
+            }
+        }
+        let before = self.writes.len();
+        let mut flags = keep.into_iter();
+        self.writes.retain(|_| flags.next().unwrap_or(true));
+        (before - self.writes.len()) as u64
+    }
 }
 
 /// Counters for status and alerts.
@@ -404,6 +429,34 @@ mod tests {
         let counters = journal.vm_counters();
         assert_eq!(counters[&1].pending_writes, 0);
         assert_eq!(counters[&1].written_bytes, 4196);
+    }
+
+    #[test]
+    fn coalescing_drops_only_writes_overwritten_whole_and_keeps_the_end_state() {
+        let mut journal = Journal::new(1 << 20);
+        journal.record(A, 0, 8, data(8, 1)); // overwritten whole by 4
+        journal.record(A, 4, 8, data(8, 2)); // only partly by 4: kept
+        journal.record(B, 0, 8, data(8, 3)); // another disk: kept
+        journal.record(A, 0, 8, data(8, 4));
+        journal.record(A, 100, 4, Payload::Zeroes); // overwritten whole by 6
+        journal.record(A, 96, 16, data(16, 5));
+        let mut cut = journal.take_cut(0);
+        let replay = |writes: &VecDeque<Write>| {
+            let mut disk = vec![0u8; 128];
+            for write in writes.iter().filter(|w| w.disk == A) {
+                let range = write.offset as usize..(write.offset + write.length) as usize;
+                match write.bytes() {
+                    Some(bytes) => disk[range].copy_from_slice(bytes),
+                    None => disk[range].fill(0),
+                }
+            }
+            disk
+        };
+        let whole = replay(&cut.writes);
+        assert_eq!(cut.coalesce(), 2);
+        let sequences: Vec<u64> = cut.writes.iter().map(|w| w.sequence).collect();
+        assert_eq!(sequences, vec![2, 3, 4, 6]);
+        assert_eq!(replay(&cut.writes), whole);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct SenderOptions {
     pub interval_seconds: f64,
     /// Above this RPO the group is in alert.
     pub rpo_threshold_seconds: f64,
+    /// Ship only the end state of a cut: writes overwritten whole later in the same cut are
+    /// dropped (false ships every write, as a plain journal would).
+    pub coalesce: bool,
 }
 
 impl Default for SenderOptions {
@@ -47,6 +50,7 @@ impl Default for SenderOptions {
             resync_bytes_per_cut: 256 * 1024 * 1024,
             interval_seconds: 5.0,
             rpo_threshold_seconds: status::DEFAULT_RPO_THRESHOLD_SECONDS,
+            coalesce: true,
         }
     }
 }
@@ -82,6 +86,10 @@ pub struct ShipReport {
     pub writes: u64,
     /// Bytes of journaled writes.
     pub journal_bytes: u64,
+    /// Writes and bytes shipped of them, after dropping those overwritten whole within
+    /// the cut.
+    pub writes_shipped: u64,
+    pub journal_bytes_shipped: u64,
     /// Bytes read again from the images.
     pub resync_bytes: u64,
     /// Bytes of part objects written.
@@ -296,6 +304,12 @@ impl Sender {
             let cut = journal.take_cut(self.options.resync_bytes_per_cut);
             (cut, journal.pending_resync())
         };
+        let mut cut = cut;
+        let written_bytes = cut.journal_bytes();
+        let written_count = cut.writes.len() as u64;
+        if self.options.coalesce {
+            cut.coalesce();
+        }
         if let Some(quiesce) = quiesce {
             // Thawed whatever the freeze did: a half-frozen group must not stay frozen.
             if let Err(error) = quiesce.thaw() {
@@ -331,8 +345,10 @@ impl Sender {
                     ordinal,
                     sequence: cut.sequence,
                     time,
-                    writes: cut.writes.len() as u64,
-                    journal_bytes: cut.journal_bytes(),
+                    writes: written_count,
+                    journal_bytes: written_bytes,
+                    writes_shipped: cut.writes.len() as u64,
+                    journal_bytes_shipped: cut.journal_bytes(),
                     resync_bytes,
                     shipped_bytes,
                     consistent: cut.consistent,

@@ -190,6 +190,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         SenderOptions {
             interval_seconds: arguments.interval,
             rpo_threshold_seconds: arguments.rpo_threshold,
+            coalesce: !arguments.ship_every_write,
             ..SenderOptions::default()
         },
     )?;

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Continuous replication benchmark: RPO under sustained churn, and what the capture path
+# costs a writer.
+#
+#   bench/replication.sh                       everything (about 15 minutes)
+#   BENCH_SECONDS=20 bench/replication.sh      shorter churn runs
+#
+# 1. Churn. One VM's raw disk is protected (`lifeboat protect --interval 1`, shipping into
+#    a local encrypted recovery repository) while `lifeboat receive --follow` makes points
+#    from the cuts. fio writes random 64 KiB blocks through the NBD export at a fixed rate
+#    (50, 100, 200 MiB/s, queue depth 4) for BENCH_SECONDS. Every 0.25 s the RPO is sampled:
+#    now minus the time up to which the recovery region holds a point with every write
+#    (the receiver's sealed_time). Reported: RPO p50/p99/max, the writes and bytes pending
+#    when each cut was taken, and the rate fio sustained.
+# 2. Journal or cut. The same at 100 MiB/s with a hot-spot workload (zipf 1.2: a few
+#    blocks written again and again), shipping every write as journaled
+#    (--ship-every-write) or each cut's end state (the default): bytes shipped and RPO.
+# 3. Capture overhead. fio random writes (4 KiB at queue depth 1: latency; 64 KiB at
+#    queue depth 8: throughput) to the same preallocated raw image: directly (psync /
+#    io_uring, buffered), through qemu-nbd (an NBD export without capture), and through
+#    `lifeboat protect` (capture, journal and shipping running). Medians of BENCH_RUNS.
+#
+# The recovery repository and the receiver share this machine (2 cores), so the RPO
+# figures include their CPU cost; in production the receiver runs in another region.
+# Results: stdout and bench/results/replication.md.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LIFEBOAT=${LIFEBOAT:-target/release/lifeboat}
+BENCH_DIR=${BENCH_DIR:-bench/work/replication}
+BENCH_SECONDS=${BENCH_SECONDS:-60}
+BENCH_RUNS=${BENCH_RUNS:-3}
+RATES=${BENCH_RATES:-"50 100 200"}
+RESULTS=$ROOT/bench/results/replication.md
+export LIFEBOAT_PASSWORD=lifeboat-bench-password
+
+log() { echo "bench: $*" >&2; }
+die() {
+    echo "bench: $*" >&2
+    exit 1
+}
+
+for tool in fio qemu-img qemu-nbd python3; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install fio qemu-utils python3)"
+done
+fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine"
+if [ ! -x "$LIFEBOAT" ]; then
+    cargo build --release --locked
+fi
+LIFEBOAT=$(realpath "$LIFEBOAT")
+mkdir -p "$BENCH_DIR" "$(dirname "$RESULTS")"
+BENCH_DIR=$(realpath "$BENCH_DIR")
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_for() { # FILE SECONDS
+    local i=0
+    while [ ! -e "$1" ]; do
+        sleep 0.1
+        i=$((i + 1))
+        [ $i -lt $(($2 * 10)) ] || die "$1 never appeared"
+    done
+}
+
+# churn NAME RATE_MIB FIO_EXTRA PROTECT_EXTRA: one protected VM under fio churn.
+churn() {
+    local name=$1 rate=$2 fio_extra=$3 protect_extra=$4
+    local dir=$BENCH_DIR/$name
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
+    qemu-img create -q -f raw "$dir/vm.raw" 8G
+    # shellcheck disable=SC2086
+    "$LIFEBOAT" --repo "$dir/recovery" --json protect --group bench --vm "vm=$dir/vm.raw" \
+        --socket "$dir/nbd.sock" --interval 1 $protect_extra >"$dir/ship.jsonl" 2>"$dir/protect.log" &
+    local protect=$!
+    PIDS+=("$protect")
+    wait_for "$dir/nbd.sock" 30
+    "$LIFEBOAT" --repo "$dir/recovery" --json receive --group bench --replicas "$dir/replicas" \
+        --follow --interval 0.2 >"$dir/receive.jsonl" 2>"$dir/receive.log" &
+    local receive=$!
+    PIDS+=("$receive")
+    wait_for "$dir/replicas/state.json" 60
+    python3 "$ROOT/bench/replication_stats.py" sample "$dir/replicas/state.json" "$dir/rpo.tsv" &
+    local sampler=$!
+    PIDS+=("$sampler")
+    log "$name: fio at $rate MiB/s for $BENCH_SECONDS s"
+    # shellcheck disable=SC2086
+    fio --name=churn --ioengine=nbd --uri="nbd+unix:///vm/vm.raw?socket=$dir/nbd.sock" \
+        --rw=randwrite --bs=64k --iodepth=4 --rate="${rate}m" --size=8g \
+        --time_based --runtime="$BENCH_SECONDS" --randseed=42 $fio_extra \
+        --output-format=json --output="$dir/fio.json" >/dev/null
+    date +%s.%N >"$dir/fio-end"
+    sleep 3
+    kill "$sampler" "$protect" "$receive" 2>/dev/null || true
+    wait "$sampler" "$protect" "$receive" 2>/dev/null || true
+    python3 "$ROOT/bench/replication_stats.py" churn "$dir" "$name" "$rate" >>"$BENCH_DIR/churn.tsv"
+    rm -f "$dir/vm.raw" "$dir/replicas"/*/*.raw
+}
+
+# fio_run NAME ENGINE_ARGS: one fio write job against an image, JSON to NAME.json.
+fio_run() {
+    local out=$1
+    shift
+    fio --name=w --rw=randwrite --size=4g --time_based --runtime=15 --randseed=7 \
+        --output-format=json --output="$out" "$@" >/dev/null
+}
+
+overhead() {
+    local dir=$BENCH_DIR/overhead
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    qemu-img create -q -f raw -o preallocation=falloc "$dir/vm.raw" 4G
+    "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
+    : >"$BENCH_DIR/overhead.tsv"
+    for run in $(seq 1 "$BENCH_RUNS"); do
+        for shape in "4k 1" "64k 8"; do
+            set -- $shape
+            local bs=$1 depth=$2
+            log "overhead run $run: $bs at queue depth $depth"
+            sync
+            if [ "$depth" = 1 ]; then
+                fio_run "$dir/direct.json" --filename="$dir/vm.raw" --ioengine=psync --bs="$bs"
+            else
+                fio_run "$dir/direct.json" --filename="$dir/vm.raw" --ioengine=io_uring --bs="$bs" --iodepth="$depth"
+            fi
+            python3 "$ROOT/bench/replication_stats.py" fio direct "$bs" "$depth" "$dir/direct.json" >>"$BENCH_DIR/overhead.tsv"
+
+            sync
+            qemu-nbd -f raw -k "$dir/qemu-nbd.sock" --cache=writeback --aio=threads -x vm "$dir/vm.raw" &
+            local server=$!
+            PIDS+=("$server")
+            wait_for "$dir/qemu-nbd.sock" 30
+            fio_run "$dir/qemu-nbd.json" --ioengine=nbd --uri="nbd+unix:///vm?socket=$dir/qemu-nbd.sock" \
+                --bs="$bs" --iodepth="$depth"
+            kill "$server"
+            wait "$server" 2>/dev/null || true
+            rm -f "$dir/qemu-nbd.sock"
+            python3 "$ROOT/bench/replication_stats.py" fio qemu-nbd "$bs" "$depth" "$dir/qemu-nbd.json" >>"$BENCH_DIR/overhead.tsv"
+
+            sync
+            rm -f "$dir/vm.raw.lifeboat-dirty"
+            "$LIFEBOAT" --repo "$dir/recovery" protect --group overhead --vm "vm=$dir/vm.raw" \
+                --socket "$dir/lifeboat.sock" --interval 1 >/dev/null 2>"$dir/protect.log" &
+            local protect=$!
+            PIDS+=("$protect")
+            wait_for "$dir/lifeboat.sock" 30
+            # Let the initial sync of the preallocated (all zero) image go by.
+            sleep 2
+            fio_run "$dir/lifeboat.json" --ioengine=nbd --uri="nbd+unix:///vm/vm.raw?socket=$dir/lifeboat.sock" \
+                --bs="$bs" --iodepth="$depth"
+            kill "$protect"
+            wait "$protect" 2>/dev/null || true
+            rm -f "$dir/lifeboat.sock"
+            python3 "$ROOT/bench/replication_stats.py" fio lifeboat "$bs" "$depth" "$dir/lifeboat.json" >>"$BENCH_DIR/overhead.tsv"
+        done
+    done
+    rm -rf "$dir/recovery"
+}
+
+: >"$BENCH_DIR/churn.tsv"
+for rate in $RATES; do
+    churn "churn-$rate" "$rate" "" ""
+done
+churn "hotspot-cut" 100 "--random_distribution=zipf:1.2" ""
+churn "hotspot-journal" 100 "--random_distribution=zipf:1.2" "--ship-every-write"
+overhead
+
+{
+    echo "# Replication benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo
+    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
+        "lifeboat $("$LIFEBOAT" --version | awk '{print $2}'), $(fio --version), $(qemu-nbd --version | head -1)"
+    echo
+    python3 "$ROOT/bench/replication_stats.py" report "$BENCH_DIR/churn.tsv" "$BENCH_DIR/overhead.tsv"
+} | tee "$RESULTS"
