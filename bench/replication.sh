@@ -4,6 +4,7 @@
 #
 #   bench/replication.sh                       everything (about 15 minutes)
 #   BENCH_SECONDS=20 bench/replication.sh      shorter churn runs
+#   BENCH_PARTS="overhead" bench/replication.sh   only some parts (churn, hotspot, overhead)
 #
 # 1. Churn. One VM's raw disk is protected (`lifeboat protect --interval 1`, shipping into
 #    a local encrypted recovery repository) while `lifeboat receive --follow` makes points
@@ -32,6 +33,7 @@ BENCH_DIR=${BENCH_DIR:-bench/work/replication}
 BENCH_SECONDS=${BENCH_SECONDS:-60}
 BENCH_RUNS=${BENCH_RUNS:-3}
 RATES=${BENCH_RATES:-"50 100 200"}
+PARTS=${BENCH_PARTS:-"churn hotspot overhead"}
 RESULTS=$ROOT/bench/results/replication.md
 export LIFEBOAT_PASSWORD=lifeboat-bench-password
 
@@ -133,7 +135,7 @@ overhead() {
             python3 "$ROOT/bench/replication_stats.py" fio direct "$bs" "$depth" "$dir/direct.json" >>"$BENCH_DIR/overhead.tsv"
 
             sync
-            qemu-nbd -f raw -k "$dir/qemu-nbd.sock" --cache=writeback --aio=threads -x vm "$dir/vm.raw" &
+            qemu-nbd -f raw -t --shared=8 -k "$dir/qemu-nbd.sock" --cache=writeback --aio=threads -x vm "$dir/vm.raw" &
             local server=$!
             PIDS+=("$server")
             wait_for "$dir/qemu-nbd.sock" 30
@@ -164,13 +166,19 @@ overhead() {
     rm -rf "$dir/recovery"
 }
 
-: >"$BENCH_DIR/churn.tsv"
-for rate in $RATES; do
-    churn "churn-$rate" "$rate" "" ""
-done
-churn "hotspot-cut" 100 "--random_distribution=zipf:1.2" ""
-churn "hotspot-journal" 100 "--random_distribution=zipf:1.2" "--ship-every-write"
-overhead
+[ -e "$BENCH_DIR/churn.tsv" ] && [[ " $PARTS " != *" churn "* ]] || : >"$BENCH_DIR/churn.tsv"
+if [[ " $PARTS " == *" churn "* ]]; then
+    for rate in $RATES; do
+        churn "churn-$rate" "$rate" "" ""
+    done
+fi
+if [[ " $PARTS " == *" hotspot "* ]]; then
+    churn "hotspot-cut" 100 "--random_distribution=zipf:1.2" ""
+    churn "hotspot-journal" 100 "--random_distribution=zipf:1.2" "--ship-every-write"
+fi
+if [[ " $PARTS " == *" overhead "* ]]; then
+    overhead
+fi
 
 {
     echo "# Replication benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -274,6 +274,10 @@ fn rpo_pending_writes_and_throughput_show_in_status_and_alert_above_the_threshol
     assert!(healthy["pending_writes"].is_u64() && healthy["pending_bytes"].is_u64());
     assert!(healthy["ship_bytes_per_second"].as_f64() > Some(0.0));
     assert!(healthy["sender_seen_seconds_ago"].as_f64() < Some(3.0));
+    assert!(
+        healthy["rpo_latest_seconds"].as_f64() < Some(3.0),
+        "{healthy}"
+    );
 
     // The protected side stops shipping: the RPO grows past the threshold, the receiver
     // logs an alert and status flags the group and its VM.

@@ -171,8 +171,12 @@ pub fn age_seconds(time: &str, now: chrono::DateTime<chrono::Utc>) -> Option<f64
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GroupStatus {
     pub group: String,
-    /// Age of the newest consistent point set of the group; `None` before the first.
+    /// Age of the newest consistent point set of the group; `None` before the first. What
+    /// a failover to the latest processed point loses.
     pub rpo_seconds: Option<f64>,
+    /// Age of the newest cut committed in the recovery repository: what a failover to the
+    /// latest state loses (it applies the cuts not processed yet first).
+    pub rpo_latest_seconds: Option<f64>,
     pub rpo_threshold_seconds: Option<f64>,
     /// The RPO is above the threshold, or unknown.
     pub alert: bool,
@@ -259,6 +263,10 @@ pub fn group_status(
     GroupStatus {
         group: group.to_string(),
         rpo_seconds: rpo,
+        rpo_latest_seconds: sender
+            .and_then(|s| s.last_shipped.as_deref())
+            .and_then(|time| age_seconds(time, now))
+            .map(|age| age.max(0.0)),
         rpo_threshold_seconds: Some(threshold),
         alert,
         recovered_time,
@@ -293,6 +301,7 @@ mod tests {
                 updated: "2026-11-26T10:00:09Z".into(),
                 interval_seconds: 5.0,
                 rpo_threshold_seconds: 20.0,
+                last_shipped: Some("2026-11-26T10:00:08Z".into()),
                 pending_writes: 3,
                 pending_bytes: 12288,
                 vms: vec![
@@ -329,6 +338,7 @@ mod tests {
     fn rpo_is_the_age_of_the_recovered_time_and_alerts_above_the_threshold() {
         let status = group_status("shop", &records(), at("2026-11-26T10:00:10Z"));
         assert_eq!(status.rpo_seconds, Some(5.0));
+        assert_eq!(status.rpo_latest_seconds, Some(2.0));
         assert!(!status.alert);
         assert_eq!(status.sender_seen_seconds_ago, Some(1.0));
         assert_eq!(status.vms[0].vm, "db1");

@@ -158,12 +158,13 @@ fn show_replication(repository: &ReplicationStatus) {
     }
     for group in &repository.groups {
         println!(
-            "group {} in {}: RPO {}{} (threshold {}), {} writes / {} pending, {} resync, shipping {}/s, sender seen {} ago",
+            "group {} in {}: RPO {}{} (threshold {}; latest committed cut {} ago), {} writes / {} pending, {} resync, shipping {}/s, sender seen {} ago",
             group.group,
             repository.repository,
             seconds(group.rpo_seconds),
             if group.alert { " ALERT" } else { "" },
             seconds(group.rpo_threshold_seconds),
+            seconds(group.rpo_latest_seconds),
             group.pending_writes.unwrap_or(0),
             bytes(group.pending_bytes.unwrap_or(0)),
             bytes(group.resync_pending_bytes.unwrap_or(0)),
