@@ -77,7 +77,7 @@ churn() {
     rm -rf "$dir"
     mkdir -p "$dir"
     "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
-    qemu-img create -q -f raw "$dir/vm.raw" 8G
+    qemu-img create -q -f raw "$dir/vm.raw" 4G
     # shellcheck disable=SC2086
     "$LIFEBOAT" --repo "$dir/recovery" --json protect --group bench --vm "vm=$dir/vm.raw" \
         --socket "$dir/nbd.sock" --interval 1 $protect_extra >"$dir/ship.jsonl" 2>"$dir/protect.log" &
@@ -95,7 +95,7 @@ churn() {
     log "$name: fio at $rate MiB/s for $BENCH_SECONDS s"
     # shellcheck disable=SC2086
     fio --name=churn --ioengine=nbd --uri="nbd+unix:///vm/vm.raw?socket=$dir/nbd.sock" \
-        --rw=randwrite --bs=64k --iodepth=4 --rate="${rate}m" --size=8g \
+        --rw=randwrite --bs=64k --iodepth=4 --rate="${rate}m" --size=4g \
         --time_based --runtime="$BENCH_SECONDS" --randseed=42 $fio_extra \
         --output-format=json --output="$dir/fio.json" >/dev/null
     date +%s.%N >"$dir/fio-end"
@@ -103,7 +103,8 @@ churn() {
     kill "$sampler" "$protect" "$receive" 2>/dev/null || true
     wait "$sampler" "$protect" "$receive" 2>/dev/null || true
     python3 "$ROOT/bench/replication_stats.py" churn "$dir" "$name" "$rate" >>"$BENCH_DIR/churn.tsv"
-    rm -f "$dir/vm.raw" "$dir/replicas"/*/*.raw
+    # Keep the logs; the disks and repository take gigabytes.
+    rm -rf "$dir/vm.raw" "$dir/replicas"/*/*.raw "$dir/recovery"
 }
 
 # fio_run NAME ENGINE_ARGS: one fio write job against an image, JSON to NAME.json.
