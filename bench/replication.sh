@@ -160,7 +160,8 @@ overhead() {
                 --bs="$bs" --iodepth="$depth"
             kill "$protect"
             wait "$protect" 2>/dev/null || true
-            rm -f "$dir/lifeboat.sock"
+            rm -rf "$dir/lifeboat.sock" "$dir/recovery"
+            "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
             python3 "$ROOT/bench/replication_stats.py" fio lifeboat "$bs" "$depth" "$dir/lifeboat.json" >>"$BENCH_DIR/overhead.tsv"
         done
     done
