@@ -18,8 +18,9 @@
 #    (--ship-every-write) or each cut's end state (the default): bytes shipped and RPO.
 # 3. Capture overhead. fio random writes (4 KiB at queue depth 1: latency; 64 KiB at
 #    queue depth 8: throughput) to the same preallocated raw image: directly (psync /
-#    io_uring, buffered), through qemu-nbd (an NBD export without capture), and through
-#    `lifeboat protect` (capture, journal and shipping running). Medians of BENCH_RUNS.
+#    io_uring, buffered), through qemu-nbd (an NBD export without capture), through
+#    `lifeboat protect` (capture, journal and shipping running), and through protect with
+#    shipping paused (capture alone). Medians of BENCH_RUNS.
 #
 # The recovery repository and the receiver share this machine (2 cores), so the RPO
 # figures include their CPU cost; in production the receiver runs in another region.
@@ -147,22 +148,28 @@ overhead() {
             rm -f "$dir/qemu-nbd.sock"
             python3 "$ROOT/bench/replication_stats.py" fio qemu-nbd "$bs" "$depth" "$dir/qemu-nbd.json" >>"$BENCH_DIR/overhead.tsv"
 
-            sync
-            rm -f "$dir/vm.raw.lifeboat-dirty"
-            "$LIFEBOAT" --repo "$dir/recovery" protect --group overhead --vm "vm=$dir/vm.raw" \
-                --socket "$dir/lifeboat.sock" --interval 1 >/dev/null 2>"$dir/protect.log" &
-            local protect=$!
-            PIDS+=("$protect")
-            wait_for "$dir/lifeboat.sock" 30
-            # Let the initial sync of the preallocated (all zero) image go by.
-            sleep 2
-            fio_run "$dir/lifeboat.json" --ioengine=nbd --uri="nbd+unix:///vm/vm.raw?socket=$dir/lifeboat.sock" \
-                --bs="$bs" --iodepth="$depth"
-            kill "$protect"
-            wait "$protect" 2>/dev/null || true
-            rm -rf "$dir/lifeboat.sock" "$dir/recovery"
-            "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
-            python3 "$ROOT/bench/replication_stats.py" fio lifeboat "$bs" "$depth" "$dir/lifeboat.json" >>"$BENCH_DIR/overhead.tsv"
+            # Capture with shipping running every second, then capture alone (the first
+            # cut ships the initial sync; the next is an hour away).
+            for mode in "lifeboat 1" "lifeboat-capture 3600"; do
+                set -- $mode
+                local kind=$1 interval=$2
+                sync
+                rm -f "$dir/vm.raw.lifeboat-dirty"
+                "$LIFEBOAT" --repo "$dir/recovery" protect --group overhead --vm "vm=$dir/vm.raw" \
+                    --socket "$dir/lifeboat.sock" --interval "$interval" >/dev/null 2>"$dir/protect.log" &
+                local protect=$!
+                PIDS+=("$protect")
+                wait_for "$dir/lifeboat.sock" 30
+                # Let the initial sync of the preallocated (all zero) image go by.
+                sleep 2
+                fio_run "$dir/$kind.json" --ioengine=nbd --uri="nbd+unix:///vm/vm.raw?socket=$dir/lifeboat.sock" \
+                    --bs="$bs" --iodepth="$depth"
+                kill "$protect"
+                wait "$protect" 2>/dev/null || true
+                rm -rf "$dir/lifeboat.sock" "$dir/recovery"
+                "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
+                python3 "$ROOT/bench/replication_stats.py" fio "$kind" "$bs" "$depth" "$dir/$kind.json" >>"$BENCH_DIR/overhead.tsv"
+            done
         done
     done
     rm -rf "$dir/recovery"

@@ -160,7 +160,7 @@ def report(churn_path, overhead_path):
     print("|---|---|---|---|---|---|---|---|")
     for bs, depth in shapes:
         medians = {}
-        for kind in ["direct", "qemu-nbd", "lifeboat"]:
+        for kind in ["direct", "qemu-nbd", "lifeboat", "lifeboat-capture"]:
             chosen = [r for r in runs if r[0] == kind and r[1] == bs and r[2] == depth]
             if not chosen:
                 continue

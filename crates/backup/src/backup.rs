@@ -76,6 +76,10 @@ pub struct BackupOptions {
     pub time: Option<String>,
     /// What the point is consistent with.
     pub consistency: Consistency,
+    /// Per disk, the format to record for it when it is not the image's own: a replica
+    /// (raw) of a protected qcow2 disk is recorded as qcow2, so restores give back the
+    /// format the VM used.
+    pub recorded_formats: Option<Vec<String>>,
 }
 
 impl BackupOptions {
@@ -92,6 +96,7 @@ impl BackupOptions {
             changed_ranges: None,
             time: None,
             consistency: Consistency::Crash,
+            recorded_formats: None,
         }
     }
 }
@@ -357,9 +362,13 @@ fn backup_locked(
             disk.base.as_ref().map(|(_, index)| index),
             |id| dedup.contains(id),
         );
+        let recorded = options
+            .recorded_formats
+            .as_ref()
+            .and_then(|formats| formats.get(reports.len()).cloned());
         reports.push(DiskReport {
             name: disk.name.clone(),
-            format: disk.info.format.name().to_string(),
+            format: recorded.unwrap_or_else(|| disk.info.format.name().to_string()),
             virtual_size_bytes: disk.info.virtual_size_bytes,
             mode,
             bytes_read: plan.bytes_to_read(),

@@ -43,23 +43,7 @@ fn writes_through_the_export_reach_restorable_points_in_the_recovery_repository(
             vec!["write -P 0x17 0 64k", "write -P 0x18 17M 4k", "flush"],
         ),
     ] {
-        let mut command = Command::new("qemu-io");
-        command.arg("--image-opts");
-        for line in commands {
-            command.args(["-c", line]);
-        }
-        let output = command
-            .arg(format!(
-                "driver=nbd,server.type=unix,server.path={},export={export}",
-                protect.socket.display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "qemu-io: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        protect.qemu_io(export, &commands);
     }
     let written = chrono::Utc::now();
     receive_past(&harness, "shop", &replicas, written);
@@ -535,4 +519,55 @@ fn a_freeze_hook_makes_application_consistent_points_that_hold_the_quiesced_stat
         counter(&harness.path("after").join("disk.raw")),
         last + 1000
     );
+}
+
+#[test]
+fn qcow2_and_vhdx_disks_are_protected_through_qemu_and_restore_identical() {
+    let harness = Harness::new();
+    // A qcow2 holding a real filesystem (compressed clusters among them) and a VHDX.
+    let system = harness.copy_image("fs.qcow2");
+    let data = harness.copy_image("fs.vhdx");
+    let protect = Protect::start(
+        &harness,
+        "shop",
+        &[("db1".to_string(), vec![system.clone(), data.clone()])],
+        "0.2",
+    );
+    // While protected, qemu's lock on the images is held: nothing else may write them.
+    let locked = Command::new("qemu-io")
+        .args(["-c", "write 0 4k"])
+        .arg(&system)
+        .output()
+        .unwrap();
+    assert!(!locked.status.success(), "a second writer was let in");
+    for (export, commands) in [
+        (
+            "db1/fs.qcow2",
+            vec!["write -P 0x5a 1M 256k", "write -z 4M 1M", "flush"],
+        ),
+        ("db1/fs.vhdx", vec!["write -P 0x17 0 64k", "flush"]),
+    ] {
+        protect.qemu_io(export, &commands);
+    }
+    let replicas = harness.path("replicas");
+    receive_past(&harness, "shop", &replicas, chrono::Utc::now());
+    drop(protect);
+    // The images stay valid images of their format, holding the writes.
+    for image in [&system, &data] {
+        let check = Command::new("qemu-img")
+            .arg("check")
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}: {}",
+            image.display(),
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+    let target = harness.path("restored");
+    harness.restore("latest", &target, &["--vm", "db1"]);
+    assert!(identical(&system, &target.join("fs.qcow2")));
+    assert!(identical(&data, &target.join("fs.vhdx")));
 }

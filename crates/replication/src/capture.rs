@@ -1,27 +1,25 @@
-//! Write capture: a protected disk served read-write over NBD, backed by its local image.
+//! Write capture: a protected disk served read-write over NBD, backed by its local image
+//! (a raw file, or any format qemu writes through a private qemu-nbd: [`crate::image`]).
 //!
 //! Every write is first set in the disk's persistent dirty map, then goes to the image,
 //! then into the group's journal, then is acknowledged. FLUSH and FUA reach the image with `fdatasync`, so a crash of the host
 //! loses nothing acknowledged as flushed. Reads come from the image.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use lifeboat_nbd::protocol::{EIO, ENOSPC};
 use lifeboat_nbd::{Export, ExportError};
 
 use crate::dirty::DirtyMap;
-use crate::error::{Result, io};
+use crate::error::Result;
+use crate::image::DiskImage;
 use crate::journal::{DiskId, Journal, Payload};
 
 /// A disk of a protected VM.
 pub struct CapturedDisk {
     id: DiskId,
-    path: PathBuf,
-    file: File,
-    size_bytes: u64,
+    image: Arc<dyn DiskImage>,
     journal: Arc<Mutex<Journal>>,
     dirty: Arc<DirtyMap>,
 }
@@ -29,7 +27,7 @@ pub struct CapturedDisk {
 impl std::fmt::Debug for CapturedDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CapturedDisk")
-            .field("path", &self.path)
+            .field("path", &self.image.path())
             .finish()
     }
 }
@@ -46,31 +44,19 @@ fn export_error(path: &Path, operation: &str, offset: u64, error: std::io::Error
 }
 
 impl CapturedDisk {
-    /// Opens the raw image at `path` for capture as disk `id` of the group, tracking its
-    /// writes in `dirty`.
-    pub fn open(
-        path: &Path,
+    /// Captures writes to `image` as disk `id` of the group, tracking them in `dirty`.
+    pub fn new(
+        image: Arc<dyn DiskImage>,
         id: DiskId,
         journal: Arc<Mutex<Journal>>,
         dirty: Arc<DirtyMap>,
-    ) -> Result<CapturedDisk> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io(path, "open for writing", e))?;
-        let size_bytes = file
-            .metadata()
-            .map_err(|e| io(path, "read the size of", e))?
-            .len();
-        Ok(CapturedDisk {
+    ) -> CapturedDisk {
+        CapturedDisk {
             id,
-            path: path.to_path_buf(),
-            file,
-            size_bytes,
+            image,
             journal,
             dirty,
-        })
+        }
     }
 
     /// Runs `write` (to the image) between setting its blocks in the dirty map and
@@ -83,22 +69,17 @@ impl CapturedDisk {
     ) -> Result<(), ExportError> {
         self.dirty.begin(offset, length).map_err(|e| ExportError {
             errno: EIO,
-            message: format!("write to {} at {offset}: {e}", self.path.display()),
+            message: format!("write to {} at {offset}: {e}", self.image.path().display()),
         })?;
         let result = write().map(|payload| self.record(offset, length, payload));
         self.dirty.end(offset, length);
         result
     }
 
-    /// Ranges of the image that may hold data (what an initial sync sends).
-    pub fn data_ranges(&self) -> Vec<lifeboat_disk::Range> {
-        lifeboat_disk::source::raw_data_ranges(&self.file, self.size_bytes)
-    }
-
     fn sync(&self, offset: u64) -> Result<(), ExportError> {
-        self.file
-            .sync_data()
-            .map_err(|e| export_error(&self.path, "flush", offset, e))
+        self.image
+            .flush()
+            .map_err(|e| export_error(self.image.path(), "flush", offset, e))
     }
 
     fn record(&self, offset: u64, length: u64, payload: Payload) {
@@ -111,13 +92,13 @@ impl CapturedDisk {
 
 impl Export for CapturedDisk {
     fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.image.size_bytes()
     }
 
     fn read(&self, offset: u64, buffer: &mut [u8]) -> Result<(), ExportError> {
-        self.file
-            .read_exact_at(buffer, offset)
-            .map_err(|e| export_error(&self.path, "read", offset, e))
+        self.image
+            .read_at(offset, buffer)
+            .map_err(|e| export_error(self.image.path(), "read", offset, e))
     }
 
     fn allocation(&self, _offset: u64, length: u64) -> Result<Vec<(u64, u32)>, ExportError> {
@@ -130,9 +111,9 @@ impl Export for CapturedDisk {
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         self.tracked(offset, data.len() as u64, || {
-            self.file
-                .write_all_at(data, offset)
-                .map_err(|e| export_error(&self.path, "write", offset, e))?;
+            self.image
+                .write_at(offset, data)
+                .map_err(|e| export_error(self.image.path(), "write", offset, e))?;
             if fua {
                 self.sync(offset)?;
             }
@@ -142,8 +123,9 @@ impl Export for CapturedDisk {
 
     fn write_zeroes(&self, offset: u64, length: u64, fua: bool) -> Result<(), ExportError> {
         self.tracked(offset, length, || {
-            crate::write_zeroes(&self.file, offset, length)
-                .map_err(|e| export_error(&self.path, "write zeros to", offset, e))?;
+            self.image
+                .write_zeroes(offset, length)
+                .map_err(|e| export_error(self.image.path(), "write zeros to", offset, e))?;
             if fua {
                 self.sync(offset)?;
             }

@@ -44,6 +44,14 @@ pub struct DiskLayout {
     /// File name of the disk (the replica and the points keep it).
     pub name: String,
     pub size_bytes: u64,
+    /// Format of the protected image (`raw`, `qcow2`, …); replicas are raw, points record
+    /// this so restores give it back.
+    #[serde(default = "raw")]
+    pub format: String,
+}
+
+fn raw() -> String {
+    "raw".to_string()
 }
 
 /// A protected VM of the group.

@@ -25,6 +25,8 @@ pub enum ReplicationError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Disk(#[from] lifeboat_disk::DiskError),
 }
 
 pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;

@@ -27,6 +27,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::ranges::RangeSet;
+
 /// Which disk of the group: indexes into the group's list of VMs and their disks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DiskId {
@@ -100,19 +102,15 @@ impl Cut {
     /// the rest leaves the disks exactly as all of them would, and only the cut's end
     /// state is ever made a point. Returns the writes dropped.
     pub fn coalesce(&mut self) -> u64 {
-        let mut covered: std::collections::HashMap<DiskId, Vec<(u64, u64)>> = Default::default();
+        let mut covered: std::collections::HashMap<DiskId, RangeSet> = Default::default();
         let mut keep = vec![true; self.writes.len()];
         for (index, write) in self.writes.iter().enumerate().rev() {
             let ranges = covered.entry(write.disk).or_default();
             let end = write.offset + write.length;
-            let first = ranges.partition_point(|&(offset, length)| offset + length < end);
-            let inside = ranges
-                .get(first)
-                .is_some_and(|&(offset, length)| offset <= write.offset && offset + length >= end);
-            if inside {
+            if ranges.covers(write.offset, end) {
                 keep[index] = false;
             } else {
-                insert_range(ranges, write.offset, end);
+                ranges.insert(write.offset, end);
             }
         }
         let before = self.writes.len();
@@ -144,8 +142,8 @@ pub struct Journal {
     writes: VecDeque<Write>,
     pending_bytes: u64,
     limit_bytes: u64,
-    /// Per disk, sorted, non-overlapping ranges to read again.
-    resync: std::collections::BTreeMap<DiskId, Vec<(u64, u64)>>,
+    /// Per disk, the ranges to read again.
+    resync: std::collections::BTreeMap<DiskId, RangeSet>,
     resync_bytes: u64,
     overflows: u64,
     /// Per VM, bytes written since the journal started (for throughput).
@@ -214,8 +212,11 @@ impl Journal {
         if length == 0 {
             return;
         }
-        let ranges = self.resync.entry(disk).or_default();
-        self.resync_bytes += insert_range(ranges, offset, offset + length);
+        self.resync_bytes += self
+            .resync
+            .entry(disk)
+            .or_default()
+            .insert(offset, offset + length);
     }
 
     /// Takes a cut: every journaled write, and resync ranges of up to `resync_budget`
@@ -231,11 +232,10 @@ impl Journal {
             let Some((&disk, ranges)) = self.resync.iter_mut().next() else {
                 break;
             };
-            let Some(&(offset, length)) = ranges.first() else {
+            let Some((offset, take)) = ranges.take_front(budget) else {
                 self.resync.remove(&disk);
                 continue;
             };
-            let take = length.min(budget);
             resync.push(ResyncRange {
                 disk,
                 offset,
@@ -243,11 +243,6 @@ impl Journal {
             });
             budget -= take;
             self.resync_bytes -= take;
-            if take == length {
-                ranges.remove(0);
-            } else {
-                ranges[0] = (offset + take, length - take);
-            }
             if ranges.is_empty() {
                 self.resync.remove(&disk);
             }
@@ -280,7 +275,7 @@ impl Journal {
         self.resync
             .iter()
             .flat_map(|(&disk, ranges)| {
-                ranges.iter().map(move |&(offset, length)| ResyncRange {
+                ranges.iter().map(move |(offset, length)| ResyncRange {
                     disk,
                     offset,
                     length,

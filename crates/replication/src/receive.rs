@@ -451,6 +451,8 @@ impl<'a> Receiver<'a> {
             let mut options = BackupOptions::new(vm.name.clone(), disks);
             options.changed_ranges = Some(changed);
             options.time = Some(time.to_string());
+            options.recorded_formats =
+                Some(vm.disks.iter().map(|disk| disk.format.clone()).collect());
             options.consistency = if application {
                 Consistency::App
             } else {

@@ -8,9 +8,6 @@
 //! is back — only what changed is sent.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +18,7 @@ use lifeboat_repository::{ObjectKind, Repository};
 use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
 use crate::dirty::DirtyMap;
 use crate::error::{Result, io};
+use crate::image::DiskImage;
 use crate::journal::{Cut, Journal, JournalStatus};
 use crate::quiesce::Quiesce;
 use crate::status::{self, SenderRecord, VmSending};
@@ -112,7 +110,7 @@ pub struct Sender {
     group: String,
     tag: String,
     vms: Vec<VmLayout>,
-    images: Vec<Vec<(PathBuf, File)>>,
+    images: Vec<Vec<Arc<dyn DiskImage>>>,
     journal: Arc<Mutex<Journal>>,
     incarnation: String,
     /// The ordinal of the last cut shipped or found in the repository.
@@ -134,20 +132,11 @@ impl Sender {
         repository: Repository,
         group: &str,
         vms: Vec<VmLayout>,
-        images: Vec<Vec<PathBuf>>,
+        images: Vec<Vec<Arc<dyn DiskImage>>>,
         dirty: Vec<Vec<Arc<DirtyMap>>>,
         journal: Arc<Mutex<Journal>>,
         options: SenderOptions,
     ) -> Result<Sender> {
-        let mut opened = Vec::new();
-        for disks in images {
-            let mut files = Vec::new();
-            for path in disks {
-                let file = File::open(&path).map_err(|e| io(&path, "open", e))?;
-                files.push((path, file));
-            }
-            opened.push(files);
-        }
         let mut incarnation = [0u8; 8];
         lifeboat_repository::crypto::fill_random(&mut incarnation);
         let tag = cut::group_tag(repository.crypto(), group);
@@ -165,7 +154,7 @@ impl Sender {
             repository,
             group: group.to_string(),
             vms,
-            images: opened,
+            images,
             journal,
             incarnation: hex::encode(incarnation),
             options,
@@ -432,14 +421,15 @@ impl Sender {
         let mut resynced = 0u64;
         let mut buffer = Vec::new();
         for range in &cut.resync {
-            let (path, file) = &self.images[range.disk.vm][range.disk.disk];
+            let image = &self.images[range.disk.vm][range.disk.disk];
             let mut offset = range.offset;
             let end = range.offset + range.length;
             while offset < end {
                 let length = (end - offset).min(RESYNC_READ_BYTES);
                 buffer.resize(length as usize, 0);
-                file.read_exact_at(&mut buffer, offset)
-                    .map_err(|e| io(path, "read for resync", e))?;
+                image
+                    .read_at(offset, &mut buffer)
+                    .map_err(|e| io(image.path(), "read for resync", e))?;
                 let zero = lifeboat_backup::backup::is_zero(&buffer);
                 builder.push(
                     range.disk.vm,

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lifeboat_disk::{Format, inspect};
+use lifeboat_disk::inspect;
 use lifeboat_nbd::Server;
 use lifeboat_replication::capture::CapturedDisk;
 use lifeboat_replication::cut::{DiskLayout, VmLayout};
 use lifeboat_replication::dirty::DirtyMap;
+use lifeboat_replication::image::DiskImage;
 use lifeboat_replication::journal::{DiskId, Journal};
 use lifeboat_replication::quiesce::{Hook, Quiesce};
 use lifeboat_replication::ship::{Sender, SenderOptions, ShipReport};
@@ -103,6 +104,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
     let mut names = Vec::new();
     let mut dirty_maps = Vec::new();
     let mut maps = Vec::new();
+    let mut opened = Vec::new();
     for (vm_number, text) in arguments.vms.iter().enumerate() {
         let (name, disks) = parse_vm(text)?;
         if names.contains(&name) {
@@ -121,13 +123,10 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
                 );
             }
             let info = inspect(path)?;
-            if info.format != Format::Raw {
-                bail!(
-                    "{} is a {} image; protect serves raw images: convert it with 'qemu-img convert -O raw'",
-                    path.display(),
-                    info.format.name()
-                );
-            }
+            // Raw images are written directly; others through a private qemu-nbd, which
+            // also holds qemu's write lock on them while they are protected.
+            let image: Arc<dyn DiskImage> =
+                Arc::from(lifeboat_replication::image::open(path, &info.format)?);
             let id = DiskId {
                 vm: vm_number,
                 disk: disk_number,
@@ -140,14 +139,19 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             );
             let (map, dirty) = DirtyMap::open(&map_path, info.virtual_size_bytes, &binding)?;
             let map = Arc::new(map);
-            let disk = CapturedDisk::open(path, id, Arc::clone(&journal), Arc::clone(&map))?;
+            let disk = CapturedDisk::new(
+                Arc::clone(&image),
+                id,
+                Arc::clone(&journal),
+                Arc::clone(&map),
+            );
             // What to send first: after a restart, what the dirty map holds; else the
             // initial sync, every allocated range. Read from the image while writes go on.
             let restarted = dirty.is_some();
             let ranges: Vec<(u64, u64)> = match dirty {
                 Some(ranges) => ranges,
-                None => disk
-                    .data_ranges()
+                None => image
+                    .data_ranges()?
                     .iter()
                     .map(|range| (range.offset, range.length))
                     .collect(),
@@ -173,10 +177,12 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             layout.disks.push(DiskLayout {
                 name: disk_name.clone(),
                 size_bytes: info.virtual_size_bytes,
+                format: info.format.name().to_string(),
             });
             server.add_export(format!("{name}/{disk_name}"), Arc::new(disk));
+            opened.push(image);
         }
-        images.push(disks);
+        images.push(std::mem::take(&mut opened));
         layouts.push(layout);
         dirty_maps.push(std::mem::take(&mut maps));
     }

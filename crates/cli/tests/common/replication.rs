@@ -96,6 +96,27 @@ impl Protect {
         }
     }
 
+    /// Runs qemu-io `commands` on `export` through the NBD socket; they must succeed.
+    pub fn qemu_io(&self, export: &str, commands: &[&str]) {
+        let mut command = Command::new("qemu-io");
+        command.arg("--image-opts");
+        for line in commands {
+            command.args(["-c", line]);
+        }
+        let output = command
+            .arg(format!(
+                "driver=nbd,server.type=unix,server.path={},export={export}",
+                self.socket.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "qemu-io: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// The ship reports printed so far (with `--json`).
     pub fn reports(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.stdout)
