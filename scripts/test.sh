@@ -10,12 +10,13 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages the tests drive: qemu-img/qemu-io/qemu-nbd, mkfs.ext4, mount.
+# Debian packages the tests drive: qemu-img/qemu-io/qemu-nbd, mkfs.ext4, mount, dig.
 need=()
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v flock >/dev/null || need+=(util-linux)
+command -v dig >/dev/null || need+=(dnsutils)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

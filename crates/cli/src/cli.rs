@@ -76,7 +76,28 @@ pub enum Command {
     /// Apply a group's replicated cuts to replica disks and make recovery points from them
     /// in --repo (once, or with --follow).
     Receive(ReceiveArguments),
+    /// The built-in authoritative DNS server: names of VMs and repository endpoints.
+    #[command(subcommand)]
+    Dns(DnsCommand),
 }
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCommand {
+    /// Answer for the configured zones over UDP and TCP; names follow failovers.
+    Serve(DnsServeArguments),
+    /// Print every name and the address it has now.
+    Records(DnsRecordsArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct DnsServeArguments {
+    /// Where to answer (default: the [dns] section's listen, else 127.0.0.1:5353).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsRecordsArguments {}
 
 #[derive(Debug, Args)]
 pub struct ProtectArguments {

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Region(command) => commands::region::run(&cli.global, command),
         Command::Protect(arguments) => commands::protect::run(&cli.global, arguments),
         Command::Receive(arguments) => commands::receive::run(&cli.global, arguments),
+        Command::Dns(command) => commands::dns::run(&cli.global, command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

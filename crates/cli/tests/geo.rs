@@ -427,23 +427,12 @@ redundancy = "local"
     config
 }
 
-fn in_region(harness: &Harness, config: &Path, region: &str) -> Command {
-    let mut command = harness.command();
-    command.env_remove("LIFEBOAT_REPO").args([
-        "--config",
-        config.to_str().unwrap(),
-        "--region",
-        region,
-    ]);
-    command
-}
-
 #[test]
 fn status_failover_backups_on_the_copy_and_reprotect() {
     let harness = Harness::uninitialised();
     let hook = harness.path("hook.txt");
     let config = regions(&harness, &hook);
-    let west = || in_region(&harness, &config, "west");
+    let west = || harness.in_region(&config, "west");
     ok(west(), &["init"]);
     let disk = harness.copy_image("fs.raw");
     let disk_path = disk.to_str().unwrap();

@@ -1,5 +1,6 @@
 //! Lifeboat's configuration file, `lifeboat.toml`: regions with their repositories, their
-//! paired region and their redundancy. The format is documented in `docs/configuration.md`.
+//! paired region and their redundancy; VMs, recovery plans and the built-in DNS server
+//! (`vms.rs`). The format is documented in `docs/configuration.md`.
 //!
 //! # Design
 //!
@@ -10,6 +11,10 @@
 //! # What this crate must not know
 //!
 //! How repositories are opened or copied; it only names them.
+
+mod vms;
+
+pub use vms::{DnsSettings, Endpoint, Plan, Vm};
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -65,6 +70,9 @@ pub struct Region {
     pub storage: Vec<(String, String)>,
     /// A command run after a storage failover of this region, the hook for DNS.
     pub on_storage_failover: Option<String>,
+    /// The DNS name of the region's repository endpoint, served by the built-in DNS server
+    /// with the address of whichever side is active.
+    pub endpoint: Option<Endpoint>,
 }
 
 /// The whole file, checked.
@@ -75,6 +83,10 @@ pub struct Config {
     /// Where Lifeboat keeps its state (which copy of each region is active).
     pub state_directory: PathBuf,
     pub regions: Vec<Region>,
+    /// The built-in DNS server, when configured.
+    pub dns: Option<DnsSettings>,
+    pub vms: Vec<Vm>,
+    pub plans: Vec<Plan>,
 }
 
 impl Config {
@@ -126,6 +138,11 @@ struct File {
     settings: Option<Spanned<Settings>>,
     #[serde(default)]
     region: Vec<Spanned<RegionEntry>>,
+    dns: Option<Spanned<vms::DnsEntry>>,
+    #[serde(default)]
+    vm: Vec<Spanned<vms::VmEntry>>,
+    #[serde(default)]
+    plan: Vec<Spanned<vms::PlanEntry>>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +163,7 @@ struct RegionEntry {
     #[serde(default)]
     storage: BTreeMap<String, String>,
     on_storage_failover: Option<String>,
+    endpoint: Option<Spanned<vms::EndpointEntry>>,
 }
 
 fn local() -> Spanned<Redundancy> {
@@ -227,6 +245,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             on_storage_failover: entry.on_storage_failover.clone(),
+            endpoint: entry
+                .endpoint
+                .as_ref()
+                .map(|endpoint| vms::endpoint(endpoint, name, &invalid))
+                .transpose()?,
         });
     }
     // Pairs must name known regions; copies default to a place in the pair's repository.
@@ -277,10 +300,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         Some(state) => directory.join(state),
         None => directory.join("lifeboat-state"),
     };
+    let dns = file
+        .dns
+        .as_ref()
+        .map(|entry| vms::dns(entry, &invalid))
+        .transpose()?;
+    let vms = vms::vms(&file.vm, &regions, dns.as_ref(), &invalid)?;
+    let plans = vms::plans(&file.plan, &vms, &invalid)?;
+    if let Some(dns) = &dns {
+        for (region, entry) in regions.iter().zip(&file.region) {
+            if let (Some(endpoint), Some(spanned)) = (&region.endpoint, &entry.get_ref().endpoint)
+                && !dns.covers(&endpoint.name)
+            {
+                return Err(invalid(
+                    spanned.span(),
+                    format!(
+                        "key 'endpoint': '{}' is in none of the DNS zones ({})",
+                        endpoint.name,
+                        dns.zones.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     Ok(Config {
         path: path.to_path_buf(),
         state_directory,
         regions,
+        dns,
+        vms,
+        plans,
     })
 }
 

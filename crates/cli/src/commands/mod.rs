@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub mod backup;
+pub mod dns;
 pub mod export;
 pub mod forget;
 pub mod geo_sync;

@@ -62,6 +62,22 @@ impl Harness {
         command
     }
 
+    /// `lifeboat` with configuration file `config` (and no `LIFEBOAT_REPO`).
+    pub fn configured(&self, config: &Path) -> Command {
+        let mut command = self.command();
+        command
+            .env_remove("LIFEBOAT_REPO")
+            .args(["--config", config.to_str().unwrap()]);
+        command
+    }
+
+    /// The same, working on `region`.
+    pub fn in_region(&self, config: &Path, region: &str) -> Command {
+        let mut command = self.configured(config);
+        command.args(["--region", region]);
+        command
+    }
+
     /// Runs lifeboat; returns (exit code, stdout, stderr).
     pub fn run(&self, arguments: &[&str]) -> (i32, String, String) {
         let output = self

@@ -1,0 +1,208 @@
+//! `lifeboat dns serve` and `lifeboat dns records`: the built-in authoritative DNS server.
+//!
+//! Which address each name has is decided by [`records`] from the configuration and the
+//! state file: a VM's names point at its address in the region it runs in, a region's
+//! repository endpoint at its primary or, after a storage failover, its copy. The server
+//! reads the state again every second and replaces its zones when an answer changes, so a
+//! failover moves the names within about a second plus the records' TTL.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use lifeboat_config::Config;
+use lifeboat_dns::{DnsServer, ZoneSet};
+use lifeboat_geo::{Side, StateFile};
+use serde::Serialize;
+
+use crate::cli::{DnsCommand, GlobalOptions};
+use crate::output::{print_json, print_json_line};
+use crate::repository::required_config;
+
+/// One name and the address it answers with now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsRecord {
+    pub name: String,
+    pub address: IpAddr,
+    /// What the name stands for: `vm:NAME` or `repository:REGION`.
+    pub owner: String,
+}
+
+/// Every name and its address as things stand. No I/O.
+pub fn records(config: &Config, state: &StateFile) -> Vec<DnsRecord> {
+    let mut records = Vec::new();
+    for vm in &config.vms {
+        // Until VM failover moves it, a VM runs in its own region.
+        if let Some(&address) = vm.addresses.get(&vm.region) {
+            for name in &vm.dns {
+                records.push(DnsRecord {
+                    name: name.clone(),
+                    address,
+                    owner: format!("vm:{}", vm.name),
+                });
+            }
+        }
+    }
+    for region in &config.regions {
+        let Some(endpoint) = &region.endpoint else {
+            continue;
+        };
+        let address = match state.region(&region.name).active {
+            Side::Primary => Some(endpoint.primary),
+            // Without a copy address the name has nothing right to point at.
+            Side::Copy => endpoint.copy,
+        };
+        if let Some(address) = address {
+            records.push(DnsRecord {
+                name: endpoint.name.clone(),
+                address,
+                owner: format!("repository:{}", region.name),
+            });
+        }
+    }
+    records
+}
+
+fn zone_set(config: &Config, records: &[DnsRecord], serial: u32) -> anyhow::Result<ZoneSet> {
+    let dns = config.dns.as_ref().context(
+        "the configuration has no [dns] section: add one with the zones to serve (see docs/configuration.md)",
+    )?;
+    let pairs: Vec<(String, IpAddr)> = records
+        .iter()
+        .map(|r| (r.name.clone(), r.address))
+        .collect();
+    Ok(ZoneSet::new(&dns.zones, &pairs, dns.ttl, serial)?)
+}
+
+pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    match command {
+        DnsCommand::Records(_) => {
+            let state = StateFile::load(&config.state_directory)?;
+            let records = records(&config, &state);
+            if global.json {
+                print_json(&records)?;
+            } else {
+                for record in &records {
+                    println!("{}\t{}\t{}", record.name, record.address, record.owner);
+                }
+            }
+            Ok(0)
+        }
+        DnsCommand::Serve(arguments) => serve(global, &config, arguments.listen),
+    }
+}
+
+fn serve(
+    global: &GlobalOptions,
+    config: &Config,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<u8> {
+    let state = StateFile::load(&config.state_directory)?;
+    let mut current = records(config, &state);
+    let mut serial = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    let zones = zone_set(config, &current, serial)?;
+    let address = listen
+        .or(config.dns.as_ref().map(|dns| dns.listen))
+        .expect("zone_set checked the [dns] section");
+    let server = DnsServer::start(address, zones)
+        .with_context(|| format!("cannot answer DNS on {address}"))?;
+    if global.json {
+        print_json_line(&serde_json::json!({
+            "listen": server.address().to_string(),
+            "records": current,
+        }))?;
+    } else {
+        eprintln!(
+            "answering for {} on {} (UDP and TCP), {} names",
+            config
+                .dns
+                .as_ref()
+                .map(|dns| dns.zones.join(", "))
+                .unwrap_or_default(),
+            server.address(),
+            current.len()
+        );
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let state = match StateFile::load(&config.state_directory) {
+            Ok(state) => state,
+            Err(error) => {
+                eprintln!("cannot read the state ({error}); answering as before");
+                continue;
+            }
+        };
+        let next = records(config, &state);
+        if next == current {
+            continue;
+        }
+        serial = serial.wrapping_add(1);
+        match zone_set(config, &next, serial) {
+            Ok(zones) => {
+                server.replace(zones);
+                for record in next.iter().filter(|r| !current.contains(r)) {
+                    eprintln!(
+                        "{} now answers {} ({})",
+                        record.name, record.address, record.owner
+                    );
+                }
+                current = next;
+            }
+            Err(error) => eprintln!("cannot update the zones ({error:#}); answering as before"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_active_side_of_a_region() {
+        let config = lifeboat_config::parse(
+            std::path::Path::new("lifeboat.toml"),
+            r#"
+[dns]
+zones = ["shop.example"]
+
+[[region]]
+name = "west"
+repository = "/srv/west"
+pair = "east"
+redundancy = "geo"
+endpoint = { name = "repo.west.shop.example", primary = "10.0.0.10", copy = "10.1.0.10" }
+
+[[region]]
+name = "east"
+repository = "/srv/east"
+endpoint = { name = "repo.east.shop.example", primary = "10.1.0.20" }
+
+[[vm]]
+name = "web1"
+region = "west"
+disks = ["/vms/web1.qcow2"]
+dns = ["web1.shop.example"]
+addresses = { west = "10.0.1.5", east = "10.1.1.5" }
+"#,
+        )
+        .unwrap();
+        let mut state = StateFile::default();
+        let before = records(&config, &state);
+        assert_eq!(before.len(), 3);
+        assert_eq!(before[0].address.to_string(), "10.0.1.5");
+        assert_eq!(before[1].address.to_string(), "10.0.0.10");
+        state.regions.entry("west".into()).or_default().active = Side::Copy;
+        state.regions.entry("east".into()).or_default().active = Side::Copy;
+        let after = records(&config, &state);
+        assert_eq!(after[1].address.to_string(), "10.1.0.10");
+        assert!(
+            !after.iter().any(|r| r.owner == "repository:east"),
+            "east has no copy address: its name is withdrawn rather than left wrong"
+        );
+        assert!(zone_set(&config, &after, 2).is_ok());
+    }
+}
