@@ -10,17 +10,21 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages the tests drive: qemu-img/qemu-io/qemu-nbd, mkfs.ext4, mount, dig.
+# Debian packages the tests drive: qemu-img/qemu-io/qemu-nbd, mkfs.ext4, mount, dig, and
+# BIND's named (the target of RFC 2136 updates; its system service is left stopped).
 need=()
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v flock >/dev/null || need+=(util-linux)
 command -v dig >/dev/null || need+=(dnsutils)
+command -v named >/dev/null || need+=(bind9)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
+    # The tests start their own named on a free port.
+    { systemctl stop named || service named stop; } >/dev/null 2>&1 || true
 fi
 
 # A real S3-compatible server for the object storage tests, keeping objects on disk so it

@@ -87,6 +87,16 @@ pub enum DnsCommand {
     Serve(DnsServeArguments),
     /// Print every name and the address it has now.
     Records(DnsRecordsArguments),
+    /// Push every name to the DNS server of [dns.update] by RFC 2136 updates signed with
+    /// TSIG (once, or on every change with --follow).
+    Push(DnsPushArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct DnsPushArguments {
+    /// Keep pushing: every name again whenever its address changes.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

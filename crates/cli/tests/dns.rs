@@ -205,3 +205,145 @@ fn a_configuration_without_dns_is_refused_clearly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no [dns] section"), "{stderr}");
 }
+
+/// A BIND 9 `named` on 127.0.0.1 holding zone shop.example, updatable with a TSIG key.
+struct Bind {
+    _child: Killed,
+    port: u16,
+    key_file: std::path::PathBuf,
+}
+
+impl Bind {
+    fn start(harness: &Harness) -> Bind {
+        let directory = harness.path("bind");
+        std::fs::create_dir_all(&directory).unwrap();
+        let key = Command::new("tsig-keygen")
+            .args(["-a", "hmac-sha256", "lifeboat-update"])
+            .output()
+            .expect("tsig-keygen runs (scripts/test.sh installs bind9)");
+        assert!(key.status.success());
+        let key_file = directory.join("update.key");
+        std::fs::write(&key_file, &key.stdout).unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            directory.join("db.shop.example"),
+            "$TTL 60\n@ IN SOA ns.shop.example. hostmaster.shop.example. 1 3600 600 86400 60\n\
+             @ IN NS ns.shop.example.\nns IN A 127.0.0.1\n",
+        )
+        .unwrap();
+        let config = directory.join("named.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "options {{ directory \"{dir}\"; pid-file \"{dir}/named.pid\"; \
+                 listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; \
+                 recursion no; dnssec-validation no; }};\n\
+                 include \"{key}\";\n\
+                 zone \"shop.example\" {{ type primary; file \"db.shop.example\"; \
+                 allow-update {{ key \"lifeboat-update\"; }}; }};\n",
+                dir = directory.display(),
+                key = key_file.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("named")
+            .args(["-g", "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(directory.join("named.log")).unwrap())
+            .spawn()
+            .expect("named runs (scripts/test.sh installs bind9)");
+        let bind = Bind {
+            _child: Killed(child),
+            port,
+            key_file,
+        };
+        let started = Instant::now();
+        while !short(port, "shop.example", "SOA").starts_with("ns.shop.example.") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "named did not start: {}",
+                std::fs::read_to_string(directory.join("named.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bind
+    }
+}
+
+#[test]
+fn rfc_2136_updates_signed_with_tsig_move_names_in_bind() {
+    let harness = Harness::uninitialised();
+    let bind = Bind::start(&harness);
+    let config = config(&harness);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "ttl = 15",
+        &format!(
+            "ttl = 15\nupdate = {{ server = \"127.0.0.1:{}\", key_file = \"{}\" }}",
+            bind.port,
+            bind.key_file.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let pushed = harness
+        .configured(&config)
+        .args(["--json", "dns", "push"])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    assert_eq!(short(bind.port, "web1.shop.example", "A"), "10.0.1.5");
+    assert_eq!(short(bind.port, "db1.shop.example", "AAAA"), "fd00::1:4");
+    assert_eq!(short(bind.port, "repo.west.shop.example", "A"), "10.0.0.10");
+
+    // Storage failover of west, then `dns push --follow` moves the endpoint in BIND.
+    let west = || harness.in_region(&config, "west");
+    assert!(west().arg("init").output().unwrap().status.success());
+    assert!(west().arg("geo-sync").output().unwrap().status.success());
+    std::fs::rename(harness.path("west"), harness.path("west-offline")).unwrap();
+    let _follow = Killed(
+        harness
+            .configured(&config)
+            .args(["dns", "push", "--follow"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let failover = west().args(["region", "failover"]).output().unwrap();
+    assert!(failover.status.success());
+    let moved = Instant::now();
+    while short(bind.port, "repo.west.shop.example", "A") != "10.1.0.10" {
+        assert!(
+            moved.elapsed() < Duration::from_secs(15),
+            "BIND's record did not follow the failover"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A wrong key is refused by BIND, and said so.
+    std::fs::write(
+        &bind.key_file,
+        "key \"lifeboat-update\" { algorithm hmac-sha256; secret \"d3JvbmcgbGlmZWJvYXQga2V5IHdyb25nIGtleSEhIQ==\"; };\n",
+    )
+    .unwrap();
+    let refused = harness
+        .configured(&config)
+        .args(["dns", "push"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused the update") && stderr.contains("TSIG key"),
+        "{stderr}"
+    );
+}

@@ -14,7 +14,7 @@
 
 mod vms;
 
-pub use vms::{DnsSettings, Endpoint, Plan, Vm};
+pub use vms::{DnsSettings, DnsUpdate, Endpoint, Plan, Vm};
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -303,7 +303,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let dns = file
         .dns
         .as_ref()
-        .map(|entry| vms::dns(entry, &invalid))
+        .map(|entry| vms::dns(entry, directory, &invalid))
         .transpose()?;
     let vms = vms::vms(&file.vm, &regions, dns.as_ref(), &invalid)?;
     let plans = vms::plans(&file.plan, &vms, &invalid)?;

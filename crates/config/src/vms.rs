@@ -21,16 +21,29 @@ pub struct DnsSettings {
     pub ttl: u32,
     /// The zones it is authoritative for.
     pub zones: Vec<String>,
+    /// Also push every name to an existing DNS server by RFC 2136 updates.
+    pub update: Option<DnsUpdate>,
+}
+
+/// An existing DNS server holding the zones, updated by RFC 2136.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsUpdate {
+    pub server: SocketAddr,
+    /// A TSIG key as `tsig-keygen` writes it; unsigned updates without one.
+    pub key_file: Option<PathBuf>,
 }
 
 impl DnsSettings {
     /// True when `name` falls in one of the zones.
     pub fn covers(&self, name: &str) -> bool {
+        self.zones.iter().any(|zone| self.covers_in(name, zone))
+    }
+
+    /// True when `name` falls in `zone`.
+    pub fn covers_in(&self, name: &str, zone: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.zones.iter().any(|zone| {
-            let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-            name == zone || name.ends_with(&format!(".{zone}"))
-        })
+        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+        name == zone || name.ends_with(&format!(".{zone}"))
     }
 }
 
@@ -72,6 +85,14 @@ pub(crate) struct DnsEntry {
     listen: Option<Spanned<String>>,
     ttl: Option<Spanned<u32>>,
     zones: Spanned<Vec<String>>,
+    update: Option<Spanned<UpdateEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateEntry {
+    server: Spanned<String>,
+    key_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,7 +168,11 @@ fn dns_name(text: &str) -> bool {
         })
 }
 
-pub(crate) fn dns(entry: &Spanned<DnsEntry>, invalid: Invalid) -> Result<DnsSettings, ConfigError> {
+pub(crate) fn dns(
+    entry: &Spanned<DnsEntry>,
+    directory: &std::path::Path,
+    invalid: Invalid,
+) -> Result<DnsSettings, ConfigError> {
     let dns = entry.get_ref();
     let listen = match &dns.listen {
         None => SocketAddr::from(([127, 0, 0, 1], 5353)),
@@ -183,7 +208,31 @@ pub(crate) fn dns(entry: &Spanned<DnsEntry>, invalid: Invalid) -> Result<DnsSett
             "key 'zones': list the DNS zones to serve, like [\"shop.example\"]".to_string(),
         ));
     }
-    Ok(DnsSettings { listen, ttl, zones })
+    let update = match &dns.update {
+        None => None,
+        Some(update) => {
+            let update = update.get_ref();
+            let server = update.server.get_ref().trim().parse().map_err(|_| {
+                invalid(
+                    update.server.span(),
+                    format!(
+                        "key 'update.server': '{}' is not an address and port like 192.0.2.53:53",
+                        update.server.get_ref()
+                    ),
+                )
+            })?;
+            Some(DnsUpdate {
+                server,
+                key_file: update.key_file.as_ref().map(|f| directory.join(f.trim())),
+            })
+        }
+    };
+    Ok(DnsSettings {
+        listen,
+        ttl,
+        zones,
+        update,
+    })
 }
 
 pub(crate) fn endpoint(

@@ -5,12 +5,15 @@
 //!   REFUSED outside the zones, truncation for UDP.
 //! * `server.rs` — [`DnsServer`]: the same answers over UDP and TCP, with the zone set
 //!   replaced whole when the records change (a failover), so a name moves at once.
+//! * `update.rs` — [`update::replace_addresses`]: RFC 2136 updates signed with TSIG, for
+//!   names in zones another DNS server holds.
 //!
 //! # What this crate must not know
 //!
 //! Configuration files, regions, VMs or failovers: it is given names and addresses.
 
 pub mod server;
+pub mod update;
 pub mod zones;
 
 pub use server::DnsServer;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lifeboat_config::Config;
+use lifeboat_dns::update::{TsigKey, replace_addresses};
 use lifeboat_dns::{DnsServer, ZoneSet};
 use lifeboat_geo::{Side, StateFile};
 use serde::Serialize;
@@ -90,6 +91,69 @@ pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         DnsCommand::Serve(arguments) => serve(global, &config, arguments.listen),
+        DnsCommand::Push(arguments) => push(global, &config, arguments.follow),
+    }
+}
+
+/// Pushes `records` to the [dns.update] server: each name's addresses replaced at once.
+fn push_records(config: &Config, records: &[DnsRecord]) -> anyhow::Result<()> {
+    let dns = config
+        .dns
+        .as_ref()
+        .context("the configuration has no [dns] section: add one with the zones (see docs/configuration.md)")?;
+    let update = dns.update.as_ref().context(
+        "the [dns] section has no 'update' table: add update = { server = \"ADDRESS:53\", key_file = \"FILE\" }",
+    )?;
+    let key = match &update.key_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the TSIG key file {}", file.display()))?;
+            Some(TsigKey::parse(&text).with_context(|| file.display().to_string())?)
+        }
+        None => None,
+    };
+    let mut names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let addresses: Vec<IpAddr> = records
+            .iter()
+            .filter(|r| r.name == name)
+            .map(|r| r.address)
+            .collect();
+        let zone = dns
+            .zones
+            .iter()
+            .filter(|zone| dns.covers_in(name, zone))
+            .max_by_key(|zone| zone.len())
+            .expect("the configuration checked that every name is in a zone");
+        replace_addresses(update.server, zone, name, &addresses, dns.ttl, key.as_ref())?;
+    }
+    Ok(())
+}
+
+fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result<u8> {
+    let mut pushed: Option<Vec<DnsRecord>> = None;
+    loop {
+        let state = StateFile::load(&config.state_directory)?;
+        let next = records(config, &state);
+        if pushed.as_ref() != Some(&next) {
+            match push_records(config, &next) {
+                Ok(()) => {
+                    if global.json {
+                        print_json_line(&serde_json::json!({ "pushed": next }))?;
+                    } else {
+                        eprintln!("pushed {} names", next.len());
+                    }
+                    pushed = Some(next);
+                }
+                Err(error) if follow => eprintln!("cannot push the names: {error:#}; trying again"),
+                Err(error) => return Err(error),
+            }
+        }
+        if !follow {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
