@@ -27,6 +27,22 @@ if [ ${#need[@]} -gt 0 ]; then
     { systemctl stop named || service named stop; } >/dev/null 2>&1 || true
 fi
 
+# qemu-system-x86_64 for the VM tests: from bookworm-backports, the same qemu 10 as the
+# machine's qemu-utils (Debian 12's own qemu-system-x86 7.2 would replace them with 7.2).
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    if grep -q bookworm /etc/os-release && [ ! -e /etc/apt/sources.list.d/backports.sources ]; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            >/etc/apt/sources.list.d/backports.sources
+    fi
+    apt-get update -qq
+    if grep -q bookworm /etc/os-release; then
+        apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
+    else
+        apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+    fi
+fi
+
 # A real S3-compatible server for the object storage tests, keeping objects on disk so it
 # survives being killed and restarted.
 if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then

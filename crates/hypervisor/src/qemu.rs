@@ -1,0 +1,227 @@
+//! A VM run by `qemu-system-x86_64`, driven through QMP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::qmp::Qmp;
+use crate::{HypervisorError, Result};
+
+/// A disk of a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    /// qemu's format name: `raw`, `qcow2`, …
+    pub format: String,
+}
+
+/// What to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Boot order: the first disk boots.
+    pub disks: Vec<DiskSpec>,
+    /// Where the VM's QMP socket and serial console log go.
+    pub runtime_directory: PathBuf,
+    pub accelerator: crate::Accelerator,
+}
+
+/// A running VM; killed on drop if still running.
+pub struct Vm {
+    name: String,
+    child: Child,
+    qmp: Qmp,
+    serial_log: PathBuf,
+}
+
+/// The QMP node name of disk `index`.
+fn node(index: usize) -> String {
+    format!("disk{index}")
+}
+
+impl Vm {
+    /// Starts `spec` and connects to its QMP socket.
+    pub fn start(spec: &VmSpec) -> Result<Vm> {
+        let failed = |detail: String| HypervisorError::Vm {
+            vm: spec.name.clone(),
+            detail,
+        };
+        std::fs::create_dir_all(&spec.runtime_directory).map_err(|e| {
+            failed(format!(
+                "cannot create {}: {e}",
+                spec.runtime_directory.display()
+            ))
+        })?;
+        let socket = spec.runtime_directory.join("qmp.sock");
+        let serial_log = spec.runtime_directory.join("serial.log");
+        let _ = std::fs::remove_file(&socket);
+        let mut command = Command::new("qemu-system-x86_64");
+        command
+            .args(["-name", &spec.name])
+            .args(["-accel", spec.accelerator.name()])
+            .args(["-machine", "q35", "-nodefaults", "-display", "none"])
+            .args(["-smp", &spec.vcpus.max(1).to_string()])
+            .args(["-m", &spec.memory_mib.max(16).to_string()])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", serial_log.display()));
+        for (index, disk) in spec.disks.iter().enumerate() {
+            command.arg("-blockdev").arg(
+                json!({
+                    "driver": disk.format,
+                    "node-name": node(index),
+                    "file": { "driver": "file", "filename": disk.path },
+                    "cache": { "direct": false },
+                })
+                .to_string(),
+            );
+            command.arg("-device").arg(format!(
+                "virtio-blk-pci,drive={},bootindex={index}",
+                node(index)
+            ));
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(HypervisorError::Missing)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let qmp = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                return Err(failed(format!(
+                    "qemu-system-x86_64 exited ({status}): {}",
+                    stderr.trim()
+                )));
+            }
+            match Qmp::connect(&socket, Duration::from_millis(200)) {
+                Ok(qmp) => break qmp,
+                Err(error) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(failed(format!("did not start: {error}")));
+                }
+                Err(_) => {}
+            }
+        };
+        let vm = Vm {
+            name: spec.name.clone(),
+            child,
+            qmp,
+            serial_log,
+        };
+        Ok(vm)
+    }
+
+    /// The VM's run state as QMP reports it (`running`, `paused`, `shutdown`, …).
+    pub fn status(&mut self) -> Result<String> {
+        let status = self.qmp.execute("query-status", json!({}))?;
+        Ok(status["status"].as_str().unwrap_or("unknown").to_string())
+    }
+
+    /// The serial console so far.
+    pub fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial_log).unwrap_or_default()
+    }
+
+    /// Runs a QMP command.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        self.qmp.execute(command, arguments)
+    }
+
+    /// Copies everything disk `index` reads from its backing (an instant disk's NBD
+    /// export) into the disk itself, while the VM runs; returns once the copy is complete
+    /// and the disk no longer needs its backing.
+    pub fn hydrate(&mut self, index: usize, timeout: Duration) -> Result<()> {
+        let job = format!("hydrate-{}", node(index));
+        self.qmp.execute(
+            "block-stream",
+            json!({ "job-id": job, "device": node(index) }),
+        )?;
+        let event = self.qmp.wait_event(
+            "BLOCK_JOB_COMPLETED",
+            |event| event["data"]["device"] == job.as_str(),
+            timeout,
+        )?;
+        if let Some(error) = event["data"]["error"].as_str() {
+            return Err(HypervisorError::Vm {
+                vm: self.name.clone(),
+                detail: format!("hydrating disk {index} failed: {error}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops the VM: the ACPI power button first, then, after `grace`, a hard quit.
+    /// Returns whether the guest shut down by itself.
+    pub fn stop(mut self, grace: Duration) -> Result<bool> {
+        let _ = self.qmp.execute("system_powerdown", json!({}));
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.qmp.execute("quit", json!({}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(false)
+    }
+
+    /// Whether the qemu process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The size of a disk image as qemu sees it.
+pub fn virtual_size(path: &Path) -> Result<u64> {
+    let output = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .map_err(|e| HypervisorError::Tool {
+            tool: "qemu-img",
+            detail: e.to_string(),
+        })?;
+    let info: Value =
+        serde_json::from_slice(&output.stdout).map_err(|_| HypervisorError::Tool {
+            tool: "qemu-img",
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })?;
+    info["virtual-size"].as_u64().ok_or(HypervisorError::Tool {
+        tool: "qemu-img",
+        detail: format!("no virtual size for {}", path.display()),
+    })
+}
