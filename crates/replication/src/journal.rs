@@ -321,24 +321,6 @@ impl Journal {
     }
 }
 
-/// Inserts `[start, end)` into sorted non-overlapping `(offset, length)` ranges, merging;
-/// returns how many bytes were not covered before.
-pub(crate) fn insert_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) -> u64 {
-    let mut start = start;
-    let mut end = end;
-    let first = ranges.partition_point(|&(offset, length)| offset + length < start);
-    let mut last = first;
-    let mut covered = 0;
-    while last < ranges.len() && ranges[last].0 <= end {
-        start = start.min(ranges[last].0);
-        end = end.max(ranges[last].0 + ranges[last].1);
-        covered += ranges[last].1;
-        last += 1;
-    }
-    ranges.splice(first..last, [(start, end - start)]);
-    end - start - covered
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,18 +434,5 @@ mod tests {
         let sequences: Vec<u64> = cut.writes.iter().map(|w| w.sequence).collect();
         assert_eq!(sequences, vec![2, 3, 4, 6]);
         assert_eq!(replay(&cut.writes), whole);
-    }
-
-    #[test]
-    fn resync_ranges_merge() {
-        let mut ranges = Vec::new();
-        insert_range(&mut ranges, 10, 20);
-        insert_range(&mut ranges, 30, 40);
-        insert_range(&mut ranges, 20, 30);
-        assert_eq!(ranges, vec![(10, 30)]);
-        insert_range(&mut ranges, 0, 5);
-        insert_range(&mut ranges, 50, 60);
-        insert_range(&mut ranges, 4, 55);
-        assert_eq!(ranges, vec![(0, 60)]);
     }
 }

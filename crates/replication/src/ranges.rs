@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 /// Disjoint, non-adjacent `[start, end)` ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeSet {
@@ -67,6 +69,24 @@ impl RangeSet {
     }
 }
 
+/// Stored as `[[offset, length], …]`.
+impl Serialize for RangeSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for RangeSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RangeSet, D::Error> {
+        let ranges: Vec<(u64, u64)> = Vec::deserialize(deserializer)?;
+        let mut set = RangeSet::default();
+        for (offset, length) in ranges {
+            set.insert(offset, offset.saturating_add(length));
+        }
+        Ok(set)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +121,9 @@ mod tests {
             set.insert(block * 4096, block * 4096 + 4096);
         }
         assert!(set.iter().count() > 50_000);
+        let json = serde_json::to_string(&set).unwrap();
+        let back: RangeSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, set);
+        assert_eq!(serde_json::to_string(&RangeSet::default()).unwrap(), "[]");
     }
 }

@@ -21,6 +21,7 @@ use lifeboat_repository::{Consistency, ObjectKind, Repository};
 
 use crate::cut::{self, CutCommit, VmLayout};
 use crate::error::{ReplicationError, Result, io};
+use crate::ranges::RangeSet;
 use crate::replica_state::ReplicaState;
 use crate::status::{self, ReceiverRecord, VmReceived};
 
@@ -425,7 +426,7 @@ impl<'a> Receiver<'a> {
                 .cloned()
                 .unwrap_or_default();
             let has_point = self.state.points.contains_key(&vm.name);
-            if has_point && !application && pending.values().all(Vec::is_empty) {
+            if has_point && !application && pending.values().all(RangeSet::is_empty) {
                 continue;
             }
             let disks: Vec<PathBuf> = vm
@@ -442,7 +443,7 @@ impl<'a> Receiver<'a> {
                         .map(|ranges| {
                             ranges
                                 .iter()
-                                .map(|&(offset, length)| Range { offset, length })
+                                .map(|(offset, length)| Range { offset, length })
                                 .collect()
                         })
                         .unwrap_or_default()

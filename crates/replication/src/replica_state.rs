@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cut::VmLayout;
 use crate::error::{ReplicationError, Result, io};
+use crate::ranges::RangeSet;
 
 const FORMAT: u32 = 1;
 const FILE_NAME: &str = "state.json";
@@ -46,7 +47,7 @@ pub struct ReplicaState {
     /// The group's VMs and disks as of the last cut.
     pub vms: Vec<VmLayout>,
     /// Per VM and disk, the byte ranges written since the VM's last point.
-    pub pending: BTreeMap<String, BTreeMap<String, Vec<(u64, u64)>>>,
+    pub pending: BTreeMap<String, BTreeMap<String, RangeSet>>,
     /// Per VM, its newest point made here.
     pub points: BTreeMap<String, String>,
 }
@@ -110,6 +111,6 @@ impl ReplicaState {
             .or_default()
             .entry(disk.to_string())
             .or_default();
-        crate::journal::insert_range(ranges, offset, offset + length);
+        ranges.insert(offset, offset + length);
     }
 }
