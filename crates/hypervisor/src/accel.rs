@@ -27,9 +27,11 @@ impl Accelerator {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// KVM when `/dev/kvm` opens and a KVM machine with the CPU model VMs get (qemu's
-/// default: `-cpu host` fails under some nested hypervisors) runs its vCPU for a moment and
-/// quits within [`PROBE_TIMEOUT`]; TCG otherwise (no device, no permission, nested
-/// virtualization that hangs or aborts). `LIFEBOAT_ACCEL=tcg|kvm` overrides the probe.
+/// default: `-cpu host` aborts under some nested hypervisors) runs its vCPU for a moment
+/// and quits within [`PROBE_TIMEOUT`] without qemu finding CPU features missing that every
+/// real x86-64 host has; TCG otherwise (no device, no permission, nested virtualization
+/// that hangs, aborts or lacks features — seen here: qemu warns that the host lacks SSE3
+/// and a Linux guest then spins forever). `LIFEBOAT_ACCEL=tcg|kvm` overrides the probe.
 pub fn probe() -> Accelerator {
     match std::env::var("LIFEBOAT_ACCEL").as_deref() {
         Ok("tcg") => return Accelerator::Tcg,
@@ -57,7 +59,7 @@ pub fn probe() -> Accelerator {
         .args(["-monitor", "stdio"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn();
     let Ok(mut child) = child else {
         return Accelerator::Tcg;
@@ -70,7 +72,19 @@ pub fn probe() -> Accelerator {
     }
     loop {
         match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Accelerator::Kvm,
+            Ok(Some(status)) if status.success() => {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                if stderr.contains("doesn't support requested feature") {
+                    tracing::warn!(
+                        "KVM here lacks CPU features every x86-64 host has (nested virtualization): using TCG"
+                    );
+                    return Accelerator::Tcg;
+                }
+                return Accelerator::Kvm;
+            }
             Ok(Some(_)) | Err(_) => return Accelerator::Tcg,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();

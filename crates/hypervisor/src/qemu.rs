@@ -17,6 +17,15 @@ pub struct DiskSpec {
     pub format: String,
 }
 
+/// Booting a kernel directly instead of through the firmware and the first disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub append: String,
+}
+
 /// What to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
@@ -28,6 +37,8 @@ pub struct VmSpec {
     /// Where the VM's QMP socket and serial console log go.
     pub runtime_directory: PathBuf,
     pub accelerator: crate::Accelerator,
+    /// A kernel to boot directly, if any.
+    pub direct_boot: Option<DirectBoot>,
 }
 
 /// A running VM; killed on drop if still running.
@@ -70,6 +81,13 @@ impl Vm {
             .arg(format!("unix:{},server=on,wait=off", socket.display()))
             .arg("-serial")
             .arg(format!("file:{}", serial_log.display()));
+        if let Some(boot) = &spec.direct_boot {
+            command.arg("-kernel").arg(&boot.kernel);
+            if let Some(initrd) = &boot.initrd {
+                command.arg("-initrd").arg(initrd);
+            }
+            command.args(["-append", &boot.append]);
+        }
         for (index, disk) in spec.disks.iter().enumerate() {
             command.arg("-blockdev").arg(
                 json!({
@@ -80,10 +98,15 @@ impl Vm {
                 })
                 .to_string(),
             );
-            command.arg("-device").arg(format!(
-                "virtio-blk-pci,drive={},bootindex={index}",
-                node(index)
-            ));
+            // A directly booted kernel takes boot index 0 itself.
+            let boot = if spec.direct_boot.is_some() {
+                String::new()
+            } else {
+                format!(",bootindex={index}")
+            };
+            command
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive={}{boot}", node(index)));
         }
         let mut child = command
             .stdin(Stdio::null())
@@ -131,6 +154,34 @@ impl Vm {
     /// The serial console so far.
     pub fn serial(&self) -> String {
         std::fs::read_to_string(&self.serial_log).unwrap_or_default()
+    }
+
+    /// Waits until the serial console shows `needle`; returns the console so far.
+    pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console = self.serial();
+            if console.contains(needle) {
+                return Ok(console);
+            }
+            if Instant::now() >= deadline || !self.is_running() {
+                return Err(HypervisorError::Vm {
+                    vm: self.name.clone(),
+                    detail: format!(
+                        "'{needle}' did not appear on the serial console; it shows:\n{}",
+                        console
+                            .chars()
+                            .rev()
+                            .take(2000)
+                            .collect::<String>()
+                            .chars()
+                            .rev()
+                            .collect::<String>()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs a QMP command.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_backup::{BackupOptions, NoProgress, backup, point_server};
 use lifeboat_hypervisor::qemu::virtual_size;
-use lifeboat_hypervisor::{Accelerator, DiskSpec, Vm, VmSpec, create_overlay, probe};
+use lifeboat_hypervisor::{Accelerator, DirectBoot, DiskSpec, Vm, VmSpec, create_overlay, probe};
 use lifeboat_repository::{Encryption, InitOptions, Repository, Storage};
 use lifeboat_storage::LocalDirectory;
 
@@ -37,7 +37,38 @@ fn spec(directory: &Path, name: &str, disks: Vec<DiskSpec>) -> VmSpec {
         disks,
         runtime_directory: directory.join(format!("run-{name}")),
         accelerator: probe(),
+        direct_boot: None,
     }
+}
+
+/// A point of `disk` in a fresh repository under `directory`, exported over NBD on a Unix
+/// socket (as `lifeboat export` serves it); returns the socket.
+fn export_point(directory: &Path, disk: &Path) -> PathBuf {
+    let storage: Arc<dyn Storage> = Arc::new(LocalDirectory::new(directory.join("repository")));
+    let repository = Repository::init(
+        storage,
+        InitOptions {
+            encryption: Encryption::None,
+            password: None,
+            chunk_size_bytes: 65536,
+        },
+    )
+    .unwrap();
+    let mut options = BackupOptions::new("web1", vec![disk.to_path_buf()]);
+    options.threads = 2;
+    let made = backup(&repository, &options, &NoProgress).unwrap();
+    let repository = Arc::new(repository);
+    let manifest = repository
+        .list_points()
+        .unwrap()
+        .points
+        .into_iter()
+        .find(|p| p.point == made.point)
+        .unwrap();
+    let socket = directory.join("point.sock");
+    let server = Arc::new(point_server(Arc::clone(&repository), &manifest).unwrap());
+    lifeboat_nbd::server::spawn_unix(server, UnixListener::bind(&socket).unwrap()).unwrap();
+    socket
 }
 
 fn identical(first: &Path, first_format: &str, second: &Path) -> bool {
@@ -114,32 +145,7 @@ fn a_vm_that_cannot_start_says_why() {
 fn a_vm_boots_at_once_from_a_point_and_its_disk_is_hydrated_in_the_background() {
     let directory = tempfile::tempdir().unwrap();
     let source = disk(directory.path(), 32);
-    let storage: Arc<dyn Storage> =
-        Arc::new(LocalDirectory::new(directory.path().join("repository")));
-    let repository = Repository::init(
-        storage,
-        InitOptions {
-            encryption: Encryption::None,
-            password: None,
-            chunk_size_bytes: 65536,
-        },
-    )
-    .unwrap();
-    let mut options = BackupOptions::new("web1", vec![source.clone()]);
-    options.threads = 2;
-    let made = backup(&repository, &options, &NoProgress).unwrap();
-    let repository = Arc::new(repository);
-    let manifest = repository
-        .list_points()
-        .unwrap()
-        .points
-        .into_iter()
-        .find(|p| p.point == made.point)
-        .unwrap();
-    // The point's export, as `lifeboat export` serves it.
-    let socket = directory.path().join("point.sock");
-    let server = Arc::new(point_server(Arc::clone(&repository), &manifest).unwrap());
-    lifeboat_nbd::server::spawn_unix(server, UnixListener::bind(&socket).unwrap()).unwrap();
+    let socket = export_point(directory.path(), &source);
 
     let overlay = directory.path().join("web1.qcow2");
     let size = virtual_size(&source).unwrap();
@@ -176,4 +182,65 @@ fn a_vm_boots_at_once_from_a_point_and_its_disk_is_hydrated_in_the_background() 
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert!(info.get("backing-filename").is_none(), "{info}");
     assert!(identical(&overlay, "qcow2", &source));
+}
+
+/// The tiny Linux guest of `scripts/make-guest.sh` (Debian's kernel and busybox), built once.
+fn guest_kit() -> (PathBuf, PathBuf) {
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-guest.sh");
+    let status = Command::new(script).arg(&directory).status().unwrap();
+    assert!(status.success(), "scripts/make-guest.sh failed");
+    (directory.join("vmlinuz"), directory.join("initrd.img"))
+}
+
+#[test]
+fn a_real_linux_guest_boots_at_once_from_a_point_and_reads_its_disk() {
+    let directory = tempfile::tempdir().unwrap();
+    let (kernel, initrd) = guest_kit();
+    // The VM's disk: an ext4 filesystem holding a marker, backed up into a point.
+    let files = directory.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("marker"), "written-before-the-disaster\n").unwrap();
+    let root = directory.path().join("root.raw");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&files)
+        .arg(&root)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let socket = export_point(directory.path(), &root);
+    std::fs::remove_file(&root).unwrap();
+
+    // Booted from the point through an overlay: nothing restored first.
+    let overlay = directory.path().join("root.qcow2");
+    create_overlay(&overlay, &socket, "root.raw", 32 << 20).unwrap();
+    let mut spec = spec(
+        directory.path(),
+        "web1",
+        vec![DiskSpec {
+            path: overlay,
+            format: "qcow2".to_string(),
+        }],
+    );
+    spec.direct_boot = Some(DirectBoot {
+        kernel,
+        initrd: Some(initrd),
+        append: "console=ttyS0 quiet panic=-1".to_string(),
+    });
+    let started = Instant::now();
+    let mut vm = Vm::start(&spec).unwrap();
+    let console = vm
+        .wait_for_serial("LIFEBOAT-MARKER:", Duration::from_secs(120))
+        .unwrap();
+    eprintln!(
+        "the guest read its disk {:?} after the start ({:?})",
+        started.elapsed(),
+        spec.accelerator
+    );
+    assert!(
+        console.contains("LIFEBOAT-MARKER: written-before-the-disaster"),
+        "{console}"
+    );
 }
