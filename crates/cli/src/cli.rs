@@ -79,6 +79,42 @@ pub enum Command {
     /// The built-in authoritative DNS server: names of VMs and repository endpoints.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// Start a VM in another region from a recovery point there; its names follow.
+    Failover(FailoverArguments),
+    /// VMs started by failovers.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArguments {
+    /// The VM, as declared in the configuration.
+    #[arg(long)]
+    pub vm: String,
+    /// The region to start it in (its repository holds the points).
+    #[arg(long)]
+    pub to: String,
+    /// A point id or unique prefix (default: the VM's latest point there).
+    #[arg(long, conflicts_with = "at")]
+    pub point: Option<String>,
+    /// The VM's point at this wall-clock time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` UTC).
+    #[arg(long, value_parser = parse_time)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Stop a VM where it runs now (power button, then a hard stop after --grace).
+    Stop(VmStopArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct VmStopArguments {
+    #[arg(long)]
+    pub vm: String,
+    /// Seconds the guest gets to power off by itself.
+    #[arg(long, default_value_t = 30)]
+    pub grace: u64,
 }
 
 #[derive(Debug, Subcommand)]

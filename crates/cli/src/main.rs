@@ -9,6 +9,7 @@
 mod cli;
 mod commands;
 mod output;
+mod placement;
 mod progress;
 mod repository;
 
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, VmCommand};
 
 /// Exit code of a command that ran but found damage.
 pub const EXIT_DAMAGE: u8 = 3;
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
         Command::Protect(arguments) => commands::protect::run(&cli.global, arguments),
         Command::Receive(arguments) => commands::receive::run(&cli.global, arguments),
         Command::Dns(command) => commands::dns::run(&cli.global, command),
+        Command::Failover(arguments) => commands::failover::run(&cli.global, arguments),
+        Command::Vm(VmCommand::Stop(arguments)) => commands::failover::stop(&cli.global, arguments),
     };
     match result {
         Ok(code) => ExitCode::from(code),

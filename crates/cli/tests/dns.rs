@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use common::replication::Killed;
+use common::replication::{Killed, dns_server};
 use serde_json::Value;
 
 fn config(harness: &Harness) -> std::path::PathBuf {
@@ -74,35 +73,8 @@ fn short(port: u16, name: &str, kind: &str) -> String {
 fn names_are_served_over_udp_and_tcp_and_follow_a_storage_failover() {
     let harness = Harness::uninitialised();
     let config = config(&harness);
-    let mut child = harness
-        .command()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-            "dns",
-            "serve",
-        ])
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Killed(child);
-    let started: Value = serde_json::from_str(&line).unwrap();
-    let port: u16 = started["listen"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(started["records"].as_array().unwrap().len(), 4);
+    let (_server, port, records) = dns_server(&harness, &config);
+    assert_eq!(records.as_array().unwrap().len(), 4);
 
     // Answers over UDP and TCP, authoritative, with the configured TTL.
     assert_eq!(short(port, "web1.shop.example", "A"), "10.0.1.5");

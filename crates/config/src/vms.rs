@@ -70,6 +70,11 @@ pub struct Vm {
     pub dns: Vec<String>,
     /// Its address in each region it may run in (network mapping).
     pub addresses: BTreeMap<String, IpAddr>,
+    /// A kernel booted directly (with `initrd` and `append`) instead of the first disk's
+    /// boot loader.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: Option<String>,
 }
 
 /// A recovery plan: groups of VMs brought up in order, the VMs of a group together.
@@ -117,6 +122,9 @@ pub(crate) struct VmEntry {
     dns: Vec<Spanned<String>>,
     #[serde(default)]
     addresses: BTreeMap<String, Spanned<String>>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    append: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -370,6 +378,9 @@ pub(crate) fn vms(
                 .collect(),
             dns: names,
             addresses,
+            kernel: vm.kernel.as_ref().map(|k| PathBuf::from(k.trim())),
+            initrd: vm.initrd.as_ref().map(|i| PathBuf::from(i.trim())),
+            append: vm.append.clone(),
         });
     }
     Ok(vms)

@@ -21,7 +21,7 @@ pub mod qmp;
 
 pub use accel::{Accelerator, probe};
 pub use overlay::create_overlay;
-pub use qemu::{DirectBoot, DiskSpec, Vm, VmSpec};
+pub use qemu::{DirectBoot, DiskSpec, Vm, VmSpec, stop_detached};
 pub use qmp::Qmp;
 
 use std::path::PathBuf;

@@ -41,12 +41,13 @@ pub struct VmSpec {
     pub direct_boot: Option<DirectBoot>,
 }
 
-/// A running VM; killed on drop if still running.
+/// A running VM; killed on drop if still running, unless detached.
 pub struct Vm {
     name: String,
     child: Child,
     qmp: Qmp,
     serial_log: PathBuf,
+    detached: bool,
 }
 
 /// The QMP node name of disk `index`.
@@ -141,6 +142,7 @@ impl Vm {
             child,
             qmp,
             serial_log,
+            detached: false,
         };
         Ok(vm)
     }
@@ -245,11 +247,35 @@ impl Vm {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Lets the VM run on after this process ends; returns qemu's process id. It is
+    /// stopped later through its QMP socket ([`stop_detached`]).
+    pub fn detach(mut self) -> u32 {
+        self.detached = true;
+        self.child.id()
+    }
+}
+
+/// Stops a detached VM through the QMP socket in `runtime_directory`: the power button,
+/// then quit after `grace`. Returns whether the guest shut down by itself; an absent VM is
+/// already stopped.
+pub fn stop_detached(runtime_directory: &Path, grace: Duration) -> Result<bool> {
+    let socket = runtime_directory.join("qmp.sock");
+    let Ok(mut qmp) = Qmp::connect(&socket, Duration::from_millis(500)) else {
+        return Ok(true);
+    };
+    let _ = qmp.execute("system_powerdown", json!({}));
+    if qmp.wait_closed(grace) {
+        return Ok(true);
+    }
+    let _ = qmp.execute("quit", json!({}));
+    qmp.wait_closed(Duration::from_secs(10));
+    Ok(false)
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if self.is_running() {
+        if !self.detached && self.is_running() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -99,6 +99,30 @@ impl Qmp {
         }
     }
 
+    /// Waits until the VM closes the socket (it exited); false if it is still open after
+    /// `timeout`.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(100)));
+        while Instant::now() < deadline {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
     /// Waits until an event named `name` for which `matches` holds arrives (or has arrived
     /// since the last wait); returns it.
     pub fn wait_event(

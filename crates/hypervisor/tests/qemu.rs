@@ -184,19 +184,11 @@ fn a_vm_boots_at_once_from_a_point_and_its_disk_is_hydrated_in_the_background() 
     assert!(identical(&overlay, "qcow2", &source));
 }
 
-/// The tiny Linux guest of `scripts/make-guest.sh` (Debian's kernel and busybox), built once.
-fn guest_kit() -> (PathBuf, PathBuf) {
-    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-guest.sh");
-    let status = Command::new(script).arg(&directory).status().unwrap();
-    assert!(status.success(), "scripts/make-guest.sh failed");
-    (directory.join("vmlinuz"), directory.join("initrd.img"))
-}
-
 #[test]
 fn a_real_linux_guest_boots_at_once_from_a_point_and_reads_its_disk() {
     let directory = tempfile::tempdir().unwrap();
-    let (kernel, initrd) = guest_kit();
+    let (kernel, initrd) =
+        lifeboat_testing::guest_kit(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest"));
     // The VM's disk: an ext4 filesystem holding a marker, backed up into a point.
     let files = directory.path().join("files");
     std::fs::create_dir_all(&files).unwrap();

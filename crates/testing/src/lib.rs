@@ -18,6 +18,20 @@ pub use azurite::AzuriteServer;
 pub use proxy::LinkProxy;
 pub use s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
+/// The tiny Linux guest of `scripts/make-guest.sh` (Debian's cloud kernel and a busybox
+/// initramfs whose init prints the first disk's `marker` file on the serial console as
+/// `LIFEBOAT-MARKER: …`), built once into `directory`: its kernel and initramfs.
+pub fn guest_kit(directory: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-guest.sh");
+    let status = std::process::Command::new(script)
+        .arg(directory)
+        .status()
+        .expect("scripts/make-guest.sh runs");
+    assert!(status.success(), "scripts/make-guest.sh failed");
+    (directory.join("vmlinuz"), directory.join("initrd.img"))
+}
+
 /// What a test needs of a running object storage server.
 pub trait ObjectServer {
     /// A repository location in the server's bucket or container.

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::cli::{DnsCommand, GlobalOptions};
 use crate::output::{print_json, print_json_line};
+use crate::placement::Placements;
 use crate::repository::required_config;
 
 /// One name and the address it answers with now.
@@ -30,11 +31,12 @@ pub struct DnsRecord {
 }
 
 /// Every name and its address as things stand. No I/O.
-pub fn records(config: &Config, state: &StateFile) -> Vec<DnsRecord> {
+pub fn records(config: &Config, state: &StateFile, placements: &Placements) -> Vec<DnsRecord> {
     let mut records = Vec::new();
     for vm in &config.vms {
-        // Until VM failover moves it, a VM runs in its own region.
-        if let Some(&address) = vm.addresses.get(&vm.region) {
+        // Where a failover placed it, else its own region.
+        let region = placements.region_of(&vm.name, &vm.region);
+        if let Some(&address) = vm.addresses.get(region) {
             for name in &vm.dns {
                 records.push(DnsRecord {
                     name: name.clone(),
@@ -80,7 +82,7 @@ pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
     match command {
         DnsCommand::Records(_) => {
             let state = StateFile::load(&config.state_directory)?;
-            let records = records(&config, &state);
+            let records = records(&config, &state, &Placements::load(&config.state_directory)?);
             if global.json {
                 print_json(&records)?;
             } else {
@@ -135,7 +137,7 @@ fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result
     let mut pushed: Option<Vec<DnsRecord>> = None;
     loop {
         let state = StateFile::load(&config.state_directory)?;
-        let next = records(config, &state);
+        let next = records(config, &state, &Placements::load(&config.state_directory)?);
         if pushed.as_ref() != Some(&next) {
             match push_records(config, &next) {
                 Ok(()) => {
@@ -163,7 +165,7 @@ fn serve(
     listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<u8> {
     let state = StateFile::load(&config.state_directory)?;
-    let mut current = records(config, &state);
+    let mut current = records(config, &state, &Placements::load(&config.state_directory)?);
     let mut serial = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
@@ -200,7 +202,14 @@ fn serve(
                 continue;
             }
         };
-        let next = records(config, &state);
+        let placements = match Placements::load(&config.state_directory) {
+            Ok(placements) => placements,
+            Err(error) => {
+                eprintln!("cannot read the VM placements ({error:#}); answering as before");
+                continue;
+            }
+        };
+        let next = records(config, &state, &placements);
         if next == current {
             continue;
         }
@@ -255,13 +264,13 @@ addresses = { west = "10.0.1.5", east = "10.1.1.5" }
         )
         .unwrap();
         let mut state = StateFile::default();
-        let before = records(&config, &state);
+        let before = records(&config, &state, &Placements::default());
         assert_eq!(before.len(), 3);
         assert_eq!(before[0].address.to_string(), "10.0.1.5");
         assert_eq!(before[1].address.to_string(), "10.0.0.10");
         state.regions.entry("west".into()).or_default().active = Side::Copy;
         state.regions.entry("east".into()).or_default().active = Side::Copy;
-        let after = records(&config, &state);
+        let after = records(&config, &state, &Placements::default());
         assert_eq!(after[1].address.to_string(), "10.1.0.10");
         assert!(
             !after.iter().any(|r| r.owner == "repository:east"),

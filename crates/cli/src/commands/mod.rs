@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod dns;
 pub mod export;
+pub mod failover;
 pub mod forget;
 pub mod geo_sync;
 pub mod init;

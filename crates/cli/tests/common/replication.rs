@@ -272,3 +272,28 @@ pub fn block(value: u64) -> Vec<u8> {
     }
     block
 }
+
+/// `lifeboat dns serve` on a free port of 127.0.0.1 with `config`: the running server, its
+/// port and the records it started with.
+pub fn dns_server(harness: &Harness, config: &Path) -> (Killed, u16, Value) {
+    use std::io::BufRead;
+    let mut child = harness
+        .configured(config)
+        .args(["--json", "dns", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Killed(child);
+    let started: Value = serde_json::from_str(&line).unwrap();
+    let port: u16 = started["listen"]
+        .as_str()
+        .and_then(|listen| listen.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap();
+    (server, port, started["records"].clone())
+}
