@@ -2,7 +2,7 @@
 # Builds a tiny Linux guest for the VM tests from Debian packages only: Debian's cloud
 # kernel and an initramfs of busybox-static with the virtio modules. Its init mounts the
 # first virtio disk (ext4) read-only and prints the file `marker` of it on the serial
-# console as "LIFEBOAT-MARKER: …", then powers off.
+# console as "LIFEBOAT-MARKER: …", then idles until the VM is stopped.
 #
 #   scripts/make-guest.sh DIR      writes DIR/vmlinuz and DIR/initrd.img (once)
 set -euo pipefail
@@ -44,7 +44,8 @@ if mount -t ext4 -o ro /dev/vda /mnt; then
 else
     echo "LIFEBOAT-MARKER-MISSING: /dev/vda did not mount"
 fi
-poweroff -f
+# A server runs until it is stopped.
+while :; do sleep 3600; done
 INIT
 chmod +x root/init
 (cd root && find . | ../busybox/bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$dir/initrd.img"

@@ -100,6 +100,11 @@ pub struct FailoverArguments {
     /// The VM's point at this wall-clock time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` UTC).
     #[arg(long, value_parser = parse_time)]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Start at once from the point's export through copy-on-write overlays, and copy the
+    /// disks in the background (the command returns once they are copied); the time to a
+    /// running VM does not grow with the disks' size.
+    #[arg(long)]
+    pub instant: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -134,7 +134,7 @@ addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
     }
     let stopped = harness
         .configured(&config)
-        .args(["--json", "vm", "stop", "--vm", "web1", "--grace", "5"])
+        .args(["--json", "vm", "stop", "--vm", "web1", "--grace", "1"])
         .output()
         .unwrap();
     assert!(
@@ -157,9 +157,72 @@ addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
     assert_eq!(again["epoch"], 2);
     harness
         .configured(&config)
-        .args(["vm", "stop", "--vm", "web1", "--grace", "5"])
+        .args(["vm", "stop", "--vm", "web1", "--grace", "1"])
         .output()
         .unwrap();
+
+    // Instantly: running from the point's export at once, disks copied in the background;
+    // when the command returns, the disk stands alone and the export is gone.
+    let instant = harness
+        .configured(&config)
+        .args([
+            "--json",
+            "failover",
+            "--vm",
+            "web1",
+            "--to",
+            "east",
+            "--instant",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        instant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&instant.stderr)
+    );
+    let instant: Value = serde_json::from_slice(&instant.stdout).unwrap();
+    assert_eq!(instant["instant"], true);
+    assert_eq!(instant["epoch"], 3);
+    let serial = PathBuf::from(instant["serial_log"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .contains("LIFEBOAT-MARKER: order-4711-paid")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the instant guest never showed its data"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let home = serial.parent().unwrap().parent().unwrap();
+    let overlay = home.join("disks").join("web1-root.raw.overlay.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info.get("backing-filename").is_none(), "hydrated: {info}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(home.join("export.sock")).is_err(),
+        "the export stopped once the disks were copied"
+    );
+    // Stopped (qemu writes back its metadata), the disk is the point's.
+    let stopped = harness
+        .configured(&config)
+        .args(["vm", "stop", "--vm", "web1", "--grace", "1"])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success());
+    let check = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(&overlay)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(check.success(), "the hydrated disk holds the point");
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub use s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
 /// The tiny Linux guest of `scripts/make-guest.sh` (Debian's cloud kernel and a busybox
 /// initramfs whose init prints the first disk's `marker` file on the serial console as
-/// `LIFEBOAT-MARKER: …`), built once into `directory`: its kernel and initramfs.
+/// `LIFEBOAT-MARKER: …`, then idles), built once into `directory`: its kernel and initramfs.
 pub fn guest_kit(directory: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-guest.sh");

@@ -13,7 +13,7 @@ use lifeboat_backup::{RestoreOptions, restore};
 use lifeboat_disk::Format;
 use lifeboat_geo::status::settings_for;
 use lifeboat_geo::{StateFile, locations};
-use lifeboat_hypervisor::{DirectBoot, DiskSpec, Vm, VmSpec, probe, stop_detached};
+use lifeboat_hypervisor::{DirectBoot, DiskSpec, Vm, VmSpec, create_overlay, probe, stop_detached};
 use serde_json::json;
 
 use crate::cli::{FailoverArguments, GlobalOptions, VmStopArguments};
@@ -78,28 +78,54 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
         std::fs::remove_dir_all(&disks_directory)
             .with_context(|| format!("cannot clear {}", disks_directory.display()))?;
     }
-    let restored = restore(
-        &repository,
-        &manifest,
-        &RestoreOptions {
-            target_directory: disks_directory,
-            format: None,
-            threads: super::threads(),
-        },
-        &Bar::new(global.json),
-    )?;
+    // Instantly: overlays on the point's export, served by a `lifeboat export` beside the
+    // VM until hydration is done. Else: the point restored in full first.
+    let mut export = None;
+    let disks: Vec<DiskSpec> = if arguments.instant {
+        std::fs::create_dir_all(&disks_directory)
+            .with_context(|| format!("cannot create {}", disks_directory.display()))?;
+        let socket = home.join("export.sock");
+        export = Some(start_export(
+            global,
+            &config,
+            &region.name,
+            &manifest.point,
+            &socket,
+        )?);
+        let mut disks = Vec::new();
+        for disk in &manifest.disks {
+            let overlay = disks_directory.join(format!("{}.overlay.qcow2", disk.name));
+            create_overlay(&overlay, &socket, &disk.name, disk.virtual_size_bytes)?;
+            disks.push(DiskSpec {
+                path: overlay,
+                format: "qcow2".to_string(),
+            });
+        }
+        disks
+    } else {
+        restore(
+            &repository,
+            &manifest,
+            &RestoreOptions {
+                target_directory: disks_directory,
+                format: None,
+                threads: super::threads(),
+            },
+            &Bar::new(global.json),
+        )?
+        .disks
+        .iter()
+        .map(|disk| DiskSpec {
+            path: disk.path.clone().into(),
+            format: Format::from_name(&disk.format).qemu_name().to_string(),
+        })
+        .collect()
+    };
     let spec = VmSpec {
         name: vm.name.clone(),
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
-        disks: restored
-            .disks
-            .iter()
-            .map(|disk| DiskSpec {
-                path: disk.path.clone().into(),
-                format: Format::from_name(&disk.format).qemu_name().to_string(),
-            })
-            .collect(),
+        disks,
         runtime_directory: runtime.clone(),
         accelerator: probe(),
         direct_boot: vm.kernel.as_ref().map(|kernel| DirectBoot {
@@ -110,7 +136,7 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
     };
     let mut running = Vm::start(&spec)?;
     let status = running.status()?;
-    let pid = running.detach();
+    let running_after = started.elapsed().as_secs_f64();
     let mut placements = Placements::load(&config.state_directory)?;
     let epoch = placements.vms.get(&vm.name).map_or(0, |p| p.epoch) + 1;
     placements.vms.insert(
@@ -123,6 +149,25 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
         },
     );
     placements.save(&config.state_directory)?;
+    if export.is_some() && !global.json {
+        println!(
+            "VM '{}' {status} in region '{}' from point {} after {running_after:.1} s; copying its disks in the background…",
+            vm.name,
+            region.name,
+            &manifest.point[..12]
+        );
+    }
+    // The VM runs meanwhile; its disks stop needing the export once hydrated.
+    for index in 0..spec.disks.len() {
+        if export.is_some() {
+            running.hydrate(index, Duration::from_secs(24 * 3600))?;
+        }
+    }
+    if let Some(mut export) = export.take() {
+        let _ = export.kill();
+        let _ = export.wait();
+    }
+    let pid = running.detach();
     let report = json!({
         "vm": vm.name,
         "region": region.name,
@@ -133,6 +178,8 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
         "pid": pid,
         "accelerator": spec.accelerator.name(),
         "serial_log": runtime.join("serial.log").display().to_string(),
+        "instant": arguments.instant,
+        "running_after_seconds": running_after,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if global.json {
@@ -150,6 +197,47 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
         );
     }
     Ok(0)
+}
+
+/// Starts `lifeboat export POINT` of `region`'s repository on Unix socket `socket`, as a
+/// separate process that outlives a failure of this one while the VM still reads from it;
+/// returns once it serves.
+fn start_export(
+    global: &GlobalOptions,
+    config: &lifeboat_config::Config,
+    region: &str,
+    point: &str,
+    socket: &std::path::Path,
+) -> anyhow::Result<std::process::Child> {
+    use std::io::BufRead;
+    let _ = std::fs::remove_file(socket);
+    let mut command = std::process::Command::new(
+        std::env::current_exe().context("cannot find the lifeboat executable")?,
+    );
+    command
+        .arg("--config")
+        .arg(&config.path)
+        .args(["--region", region, "--json"]);
+    if let Some(file) = &global.password_file {
+        command.arg("--password-file").arg(file);
+    }
+    let mut child = command
+        .args(["export", point, "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("cannot start lifeboat export for the instant disks")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("lifeboat export did not start")?;
+    if line.trim().is_empty() {
+        let _ = child.wait();
+        bail!("lifeboat export of point {point} did not start (see its error above)");
+    }
+    Ok(child)
 }
 
 /// `lifeboat vm stop --vm NAME`: stops the VM where its placement says it runs.
