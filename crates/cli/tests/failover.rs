@@ -11,6 +11,19 @@ use common::Harness;
 use common::replication::dns_server;
 use serde_json::Value;
 
+/// Stops VM web1 when dropped, so a failing test leaves no VM running.
+struct StopOnDrop<'a>(&'a Harness, &'a Path);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .configured(self.1)
+            .args(["vm", "stop", "--vm", "web1", "--grace", "0"])
+            .output();
+    }
+}
+
 fn dig(port: u16, name: &str) -> String {
     let output = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), name, "A", "+short"])
@@ -94,6 +107,7 @@ addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
     let (_server, port, _) = dns_server(&harness, &config);
     assert_eq!(dig(port, "web1.shop.example"), "10.0.1.5");
 
+    let _stop = StopOnDrop(&harness, &config);
     // West is lost: web1 fails over to east.
     let output = harness
         .configured(&config)
