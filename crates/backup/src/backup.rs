@@ -365,7 +365,7 @@ fn backup_locked(
         let recorded = options
             .recorded_formats
             .as_ref()
-            .and_then(|formats| formats.get(reports.len()).cloned());
+            .and_then(|formats| formats.get(number).cloned());
         reports.push(DiskReport {
             name: disk.name.clone(),
             format: recorded.unwrap_or_else(|| disk.info.format.name().to_string()),

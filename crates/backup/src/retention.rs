@@ -89,7 +89,12 @@ pub fn apply(policy: &RetentionPolicy, points: &[Dated]) -> Vec<Decision> {
         decision.reasons.push("last");
     }
     if let (Some(seconds), Some((newest, _))) = (policy.keep_within_seconds, dated.first()) {
-        let oldest = *newest - chrono::Duration::seconds(seconds.min(i64::MAX as u64) as i64);
+        // A window longer than chrono can count keeps everything.
+        let oldest = i64::try_from(seconds)
+            .ok()
+            .and_then(chrono::TimeDelta::try_seconds)
+            .and_then(|window| newest.checked_sub_signed(window))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         for ((time, _), decision) in dated.iter().zip(decisions.iter_mut()) {
             if *time < oldest {
                 break;

@@ -36,14 +36,18 @@ pub struct DnsUpdate {
 impl DnsSettings {
     /// True when `name` falls in one of the zones.
     pub fn covers(&self, name: &str) -> bool {
-        self.zones.iter().any(|zone| self.covers_in(name, zone))
+        self.zone_of(name).is_some()
     }
 
-    /// True when `name` falls in `zone`.
-    pub fn covers_in(&self, name: &str, zone: &str) -> bool {
+    /// The most specific zone holding `name` (zones are kept lower-case, without the
+    /// final dot).
+    pub fn zone_of(&self, name: &str) -> Option<&str> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-        name == zone || name.ends_with(&format!(".{zone}"))
+        self.zones
+            .iter()
+            .filter(|zone| name == **zone || name.ends_with(&format!(".{zone}")))
+            .max_by_key(|zone| zone.len())
+            .map(String::as_str)
     }
 }
 

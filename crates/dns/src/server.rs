@@ -91,24 +91,35 @@ fn serve_tcp(listener: TcpListener, zones: Arc<RwLock<Arc<ZoneSet>>>) {
     }
 }
 
-/// Messages on a TCP connection are each preceded by their length in two bytes.
+/// Reads one message of a TCP stream, where each is preceded by its length in two bytes;
+/// `None` at the end of the stream.
+pub(crate) fn read_frame(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut length = [0u8; 2];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut message)?;
+    Ok(Some(message))
+}
+
+/// Writes one message to a TCP stream, preceded by its length.
+pub(crate) fn write_frame(stream: &mut impl Write, message: &[u8]) -> io::Result<()> {
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed)
+}
+
 fn serve_connection(mut stream: TcpStream, zones: &RwLock<Arc<ZoneSet>>) -> io::Result<()> {
     stream.set_read_timeout(Some(TCP_IDLE))?;
-    loop {
-        let mut length = [0u8; 2];
-        match stream.read_exact(&mut length) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(error) => return Err(error),
-        }
-        let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
-        stream.read_exact(&mut query)?;
+    while let Some(query) = read_frame(&mut stream)? {
         let Some(answer) = current(zones).answer(&query, false) else {
             return Ok(());
         };
-        let mut framed = Vec::with_capacity(answer.len() + 2);
-        framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&answer);
-        stream.write_all(&framed)?;
+        write_frame(&mut stream, &answer)?;
     }
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! RFC 2136 dynamic updates, signed with TSIG (RFC 8945), to an existing DNS server: how
 //! Lifeboat moves names in a zone it does not serve itself (BIND, Knot, PowerDNS, …).
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -9,10 +8,10 @@ use base64::Engine;
 
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode, UpdateMessage};
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType, TSigner};
 
-use crate::zones::DnsError;
+use crate::server::{read_frame, write_frame};
+use crate::zones::{DnsError, address_data, fqdn};
 
 /// A TSIG key, as `tsig-keygen` writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,13 +87,6 @@ impl TsigKey {
     }
 }
 
-fn fqdn(text: &str) -> Result<Name, DnsError> {
-    let mut name = Name::from_ascii(text.trim_end_matches('.'))
-        .map_err(|_| DnsError::BadName(text.to_string()))?;
-    name.set_fqdn(true);
-    Ok(name)
-}
-
 /// Makes `name` (in `zone`) answer exactly `addresses` on `server`: its A and AAAA records
 /// are replaced in one update, signed with `key` when given. No addresses removes them.
 pub fn replace_addresses(
@@ -121,12 +113,12 @@ pub fn replace_addresses(
         delete.dns_class = DNSClass::ANY;
         message.add_update(delete);
     }
-    for address in addresses {
-        let data = match address {
-            IpAddr::V4(v4) => RData::A(A(*v4)),
-            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-        };
-        message.add_update(Record::from_rdata(owner.clone(), ttl, data));
+    for &address in addresses {
+        message.add_update(Record::from_rdata(
+            owner.clone(),
+            ttl,
+            address_data(address),
+        ));
     }
     let failed = |detail: String| UpdateError::Server { server, detail };
     let mut verifier = None;
@@ -181,14 +173,13 @@ pub fn replace_addresses(
 fn exchange(server: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut framed = (request.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(request);
-    stream.write_all(&framed)?;
-    let mut length = [0u8; 2];
-    stream.read_exact(&mut length)?;
-    let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
-    stream.read_exact(&mut response)?;
-    Ok(response)
+    write_frame(&mut stream, request)?;
+    read_frame(&mut stream)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without answering",
+        )
+    })
 }
 
 #[cfg(test)]

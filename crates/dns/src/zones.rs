@@ -37,11 +37,25 @@ pub struct ZoneSet {
     serial: u32,
 }
 
-fn name(text: &str) -> Result<Name, DnsError> {
+/// `text` as a fully qualified name.
+pub(crate) fn fqdn(text: &str) -> Result<Name, DnsError> {
     let mut parsed = Name::from_ascii(text.trim_end_matches('.'))
         .map_err(|_| DnsError::BadName(text.to_string()))?;
     parsed.set_fqdn(true);
-    Ok(parsed.to_lowercase())
+    Ok(parsed)
+}
+
+/// The same, lower-cased: how names are compared.
+fn name(text: &str) -> Result<Name, DnsError> {
+    Ok(fqdn(text)?.to_lowercase())
+}
+
+/// The A or AAAA data of `address`.
+pub(crate) fn address_data(address: IpAddr) -> RData {
+    match address {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
 }
 
 impl ZoneSet {
@@ -114,11 +128,7 @@ impl ZoneSet {
     }
 
     fn address_record(&self, owner: &Name, address: IpAddr) -> Record {
-        let data = match address {
-            IpAddr::V4(v4) => RData::A(A(v4)),
-            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-        };
-        Record::from_rdata(owner.clone(), self.ttl, data)
+        Record::from_rdata(owner.clone(), self.ttl, address_data(address))
     }
 
     /// The answer to `query` (wire format), for UDP when `udp`; `None` when the bytes are

@@ -243,11 +243,6 @@ impl Vm {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// The VM's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Lets the VM run on after this process ends; returns qemu's process id. It is
     /// stopped later through its QMP socket ([`stop_detached`]).
     pub fn detach(mut self) -> u32 {
@@ -280,25 +275,4 @@ impl Drop for Vm {
             let _ = self.child.wait();
         }
     }
-}
-
-/// The size of a disk image as qemu sees it.
-pub fn virtual_size(path: &Path) -> Result<u64> {
-    let output = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .map_err(|e| HypervisorError::Tool {
-            tool: "qemu-img",
-            detail: e.to_string(),
-        })?;
-    let info: Value =
-        serde_json::from_slice(&output.stdout).map_err(|_| HypervisorError::Tool {
-            tool: "qemu-img",
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        })?;
-    info["virtual-size"].as_u64().ok_or(HypervisorError::Tool {
-        tool: "qemu-img",
-        detail: format!("no virtual size for {}", path.display()),
-    })
 }

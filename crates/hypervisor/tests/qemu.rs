@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_backup::{BackupOptions, NoProgress, backup, point_server};
-use lifeboat_hypervisor::qemu::virtual_size;
 use lifeboat_hypervisor::{Accelerator, DirectBoot, DiskSpec, Vm, VmSpec, create_overlay, probe};
 use lifeboat_repository::{Encryption, InitOptions, Repository, Storage};
 use lifeboat_storage::LocalDirectory;
@@ -148,7 +147,7 @@ fn a_vm_boots_at_once_from_a_point_and_its_disk_is_hydrated_in_the_background() 
     let socket = export_point(directory.path(), &source);
 
     let overlay = directory.path().join("web1.qcow2");
-    let size = virtual_size(&source).unwrap();
+    let size = std::fs::metadata(&source).unwrap().len();
     let started = Instant::now();
     create_overlay(&overlay, &socket, "disk.raw", size).unwrap();
     let mut vm = Vm::start(&spec(

@@ -165,11 +165,6 @@ impl<'a> Receiver<'a> {
         self
     }
 
-    /// Where the replicas stand.
-    pub fn state(&self) -> &ReplicaState {
-        &self.state
-    }
-
     /// The replica of a disk.
     pub fn replica_path(&self, vm: &str, disk: &str) -> PathBuf {
         self.directory.join(crate::file_name_for(vm)).join(disk)
@@ -251,6 +246,9 @@ impl<'a> Receiver<'a> {
             }
         }
         commits.sort_unstable();
+        // Objects in ordinal order: each applied cut deletes only those not deleted yet.
+        all.sort_unstable();
+        let mut deleted = 0;
         let mut next = match commits.first() {
             Some(&ordinal) => Some(self.read_commit(ordinal)?),
             None => None,
@@ -271,7 +269,7 @@ impl<'a> Receiver<'a> {
             if commit.consistent && (last_consistent || commit.application_consistent) {
                 self.seal(&commit.time, commit.application_consistent, &mut report)?;
             }
-            self.delete_up_to(commit.ordinal, &all);
+            deleted += self.delete_up_to(commit.ordinal, &all[deleted..]);
         }
         if !report.points.is_empty() {
             self.thin(&mut report)?;
@@ -473,12 +471,15 @@ impl<'a> Receiver<'a> {
         self.state.save(&self.directory)
     }
 
-    /// Deletes the cut objects of this group up to `ordinal` (failed attempts included).
-    fn delete_up_to(&self, ordinal: u64, objects: &[(u64, String)]) {
-        for (_, name) in objects.iter().filter(|(o, _)| *o <= ordinal) {
+    /// Deletes the cut objects of this group up to `ordinal` (failed attempts included)
+    /// from the front of `objects` (sorted by ordinal); returns how many it went through.
+    fn delete_up_to(&self, ordinal: u64, objects: &[(u64, String)]) -> usize {
+        let count = objects.partition_point(|(o, _)| *o <= ordinal);
+        for (_, name) in &objects[..count] {
             if let Err(error) = self.repository.storage().delete(ObjectKind::Cut, name) {
                 tracing::warn!(object = %name, %error, "cannot delete an applied cut object");
             }
         }
+        count
     }
 }

@@ -96,22 +96,21 @@ impl BlobEncoder {
     pub fn encode(&mut self, crypto: &Crypto, group: &[u8]) -> Vec<u8> {
         assert!(group.len() <= MAXIMUM_GROUP_BYTES, "groups are bounded");
         let prefix = crypto.prefix_bytes();
-        if self.looks_incompressible(group) {
-            let mut buffer = Vec::with_capacity(prefix + 1 + group.len() + 16);
-            buffer.resize(prefix, 0);
-            buffer.push(STORED);
-            buffer.extend_from_slice(group);
-            crypto.seal_in_place(CONTEXT, &mut buffer);
-            return buffer;
-        }
-        let bound = zstd::zstd_safe::compress_bound(group.len());
+        let compress = !self.looks_incompressible(group);
+        let bound = if compress {
+            zstd::zstd_safe::compress_bound(group.len())
+        } else {
+            0
+        };
         let mut buffer = Vec::with_capacity(prefix + 1 + bound.max(group.len()) + 16);
         buffer.resize(prefix, 0);
         buffer.push(ZSTD);
         // Compress straight into the spare capacity after the header: no zero-filling.
         let mut cursor = std::io::Cursor::new(buffer);
         cursor.set_position((prefix + 1) as u64);
-        let compressed = self.compressor.compress_to_buffer(group, &mut cursor).ok();
+        let compressed = compress
+            .then(|| self.compressor.compress_to_buffer(group, &mut cursor).ok())
+            .flatten();
         let mut buffer = cursor.into_inner();
         match compressed {
             Some(length) if length < group.len() - group.len() / 16 => {

@@ -66,6 +66,13 @@ pub fn records(config: &Config, state: &StateFile, placements: &Placements) -> V
     records
 }
 
+/// [`records`] as the state files say now.
+fn current_records(config: &Config) -> anyhow::Result<Vec<DnsRecord>> {
+    let state = StateFile::load(&config.state_directory)?;
+    let placements = Placements::load(&config.state_directory)?;
+    Ok(records(config, &state, &placements))
+}
+
 fn zone_set(config: &Config, records: &[DnsRecord], serial: u32) -> anyhow::Result<ZoneSet> {
     let dns = config.dns.as_ref().context(
         "the configuration has no [dns] section: add one with the zones to serve (see docs/configuration.md)",
@@ -81,8 +88,7 @@ pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
     let config = required_config(global)?;
     match command {
         DnsCommand::Records(_) => {
-            let state = StateFile::load(&config.state_directory)?;
-            let records = records(&config, &state, &Placements::load(&config.state_directory)?);
+            let records = current_records(&config)?;
             if global.json {
                 print_json(&records)?;
             } else {
@@ -114,19 +120,13 @@ fn push_records(config: &Config, records: &[DnsRecord]) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
-    names.dedup();
-    for name in names {
-        let addresses: Vec<IpAddr> = records
-            .iter()
-            .filter(|r| r.name == name)
-            .map(|r| r.address)
-            .collect();
+    let mut names: std::collections::BTreeMap<&str, Vec<IpAddr>> = Default::default();
+    for record in records {
+        names.entry(&record.name).or_default().push(record.address);
+    }
+    for (name, addresses) in names {
         let zone = dns
-            .zones
-            .iter()
-            .filter(|zone| dns.covers_in(name, zone))
-            .max_by_key(|zone| zone.len())
+            .zone_of(name)
             .expect("the configuration checked that every name is in a zone");
         replace_addresses(update.server, zone, name, &addresses, dns.ttl, key.as_ref())?;
     }
@@ -136,8 +136,7 @@ fn push_records(config: &Config, records: &[DnsRecord]) -> anyhow::Result<()> {
 fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result<u8> {
     let mut pushed: Option<Vec<DnsRecord>> = None;
     loop {
-        let state = StateFile::load(&config.state_directory)?;
-        let next = records(config, &state, &Placements::load(&config.state_directory)?);
+        let next = current_records(config)?;
         if pushed.as_ref() != Some(&next) {
             match push_records(config, &next) {
                 Ok(()) => {
@@ -164,8 +163,7 @@ fn serve(
     config: &Config,
     listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<u8> {
-    let state = StateFile::load(&config.state_directory)?;
-    let mut current = records(config, &state, &Placements::load(&config.state_directory)?);
+    let mut current = current_records(config)?;
     let mut serial = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
@@ -195,21 +193,13 @@ fn serve(
     }
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let state = match StateFile::load(&config.state_directory) {
-            Ok(state) => state,
+        let next = match current_records(config) {
+            Ok(next) => next,
             Err(error) => {
-                eprintln!("cannot read the state ({error}); answering as before");
+                eprintln!("cannot read the state ({error:#}); answering as before");
                 continue;
             }
         };
-        let placements = match Placements::load(&config.state_directory) {
-            Ok(placements) => placements,
-            Err(error) => {
-                eprintln!("cannot read the VM placements ({error:#}); answering as before");
-                continue;
-            }
-        };
-        let next = records(config, &state, &placements);
         if next == current {
             continue;
         }

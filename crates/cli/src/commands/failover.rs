@@ -22,6 +22,11 @@ use crate::placement::{Placement, Placements};
 use crate::progress::Bar;
 use crate::repository::{base_settings, open_location, required_config};
 
+/// Where a VM's disks and runtime files live in a region: `<state>/vms/NAME/REGION`.
+fn vm_home(config: &lifeboat_config::Config, vm: &str, region: &str) -> std::path::PathBuf {
+    config.state_directory.join("vms").join(vm).join(region)
+}
+
 /// The `[[vm]]` called `name`.
 fn declared_vm<'a>(
     config: &'a lifeboat_config::Config,
@@ -57,19 +62,11 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
     )?;
     let manifest = super::named_point(
         &repository,
-        arguments
-            .point
-            .as_deref()
-            .or(Some("latest"))
-            .filter(|_| arguments.at.is_none()),
+        Some(arguments.point.as_deref().unwrap_or("latest")),
         Some(&vm.name),
         arguments.at,
     )?;
-    let home = config
-        .state_directory
-        .join("vms")
-        .join(&vm.name)
-        .join(&region.name);
+    let home = vm_home(&config, &vm.name, &region.name);
     let runtime = home.join("run");
     // A VM already running from an earlier failover here is stopped first.
     stop_detached(&runtime, Duration::from_secs(5))?;
@@ -158,12 +155,10 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
         );
     }
     // The VM runs meanwhile; its disks stop needing the export once hydrated.
-    for index in 0..spec.disks.len() {
-        if export.is_some() {
+    if let Some(mut export) = export {
+        for index in 0..spec.disks.len() {
             running.hydrate(index, Duration::from_secs(24 * 3600))?;
         }
-    }
-    if let Some(mut export) = export.take() {
         let _ = export.kill();
         let _ = export.wait();
     }
@@ -246,12 +241,7 @@ pub fn stop(global: &GlobalOptions, arguments: &VmStopArguments) -> anyhow::Resu
     let vm = declared_vm(&config, &arguments.vm)?;
     let placements = Placements::load(&config.state_directory)?;
     let region = placements.region_of(&vm.name, &vm.region);
-    let runtime = config
-        .state_directory
-        .join("vms")
-        .join(&vm.name)
-        .join(region)
-        .join("run");
+    let runtime = vm_home(&config, &vm.name, region).join("run");
     let clean = stop_detached(&runtime, Duration::from_secs(arguments.grace))?;
     if global.json {
         print_json(&json!({ "vm": vm.name, "region": region, "clean": clean }))?;
