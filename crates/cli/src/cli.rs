@@ -79,38 +79,119 @@ pub enum Command {
     /// The built-in authoritative DNS server: names of VMs and repository endpoints.
     #[command(subcommand)]
     Dns(DnsCommand),
-    /// Start a VM in another region from a recovery point there; its names follow.
+    /// Start a VM or a recovery plan in another region from recovery points there; their
+    /// names follow (--test: isolated copies; --planned: stop the source first, no loss).
     Failover(FailoverArguments),
+    /// Remove a test failover: stop the test copies and every trace of them.
+    Cleanup(TargetArguments),
+    /// Make a failover final: the VMs keep their disks (waits for instant disks to be
+    /// copied) and no other point can be chosen.
+    Commit(TargetArguments),
+    /// Runs of recovery plans: continue one after a manual step or an interruption, show
+    /// them.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// The audit log: every step of every failover, who ran it, when, and how it ended.
+    Audit(AuditArguments),
     /// VMs started by failovers.
     #[command(subcommand)]
     Vm(VmCommand),
 }
 
+/// A recovery plan, or one VM (a plan of its own).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A recovery plan, as declared in the configuration.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// One VM, as declared in the configuration.
+    #[arg(long)]
+    pub vm: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArguments {
+    #[command(flatten)]
+    pub target: Target,
+}
+
 #[derive(Debug, Args)]
 pub struct FailoverArguments {
-    /// The VM, as declared in the configuration.
-    #[arg(long)]
-    pub vm: String,
-    /// The region to start it in (its repository holds the points).
+    #[command(flatten)]
+    pub target: Target,
+    /// The region to start the VMs in (its repository holds the points).
     #[arg(long)]
     pub to: String,
-    /// A point id or unique prefix (default: the VM's latest point there).
-    #[arg(long, conflicts_with = "at")]
-    pub point: Option<String>,
-    /// The VM's point at this wall-clock time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` UTC).
+    /// Which point: `latest` (waits for the recovery region to process what it has
+    /// received), `processed` (the newest point made already), `app` (the newest
+    /// app-consistent point), or a point id or prefix (one VM only).
+    #[arg(long, default_value = "latest", conflicts_with = "at")]
+    pub point: String,
+    /// The point of each VM at this wall-clock time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]`
+    /// UTC).
     #[arg(long, value_parser = parse_time)]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Start at once from the point's export through copy-on-write overlays, and copy the
-    /// disks in the background (the command returns once they are copied); the time to a
+    /// A test failover: copies on the region's isolated test network and the DNS test
+    /// view; production and replication go on untouched. Remove with `lifeboat cleanup`.
+    #[arg(long, conflicts_with = "planned")]
+    pub test: bool,
+    /// A planned failover: stop the VMs at the source and wait until the recovery region
+    /// holds their last write before starting them (no data loss).
+    #[arg(long)]
+    pub planned: bool,
+    /// Start at once from the points' exports through copy-on-write overlays; the disks
+    /// are copied in the background (`lifeboat commit` waits for that). The time to a
     /// running VM does not grow with the disks' size.
     #[arg(long)]
     pub instant: bool,
+    /// Run the pre-flight checks and print the steps, without doing them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Go on with a plan's run: past the manual step it waits at (recording who
+    /// confirmed it), or from where it was interrupted or failed.
+    Continue(PlanNameArguments),
+    /// Give up a plan's unfinished run (what it did stays; a new run can start).
+    Abandon(PlanNameArguments),
+    /// Show a plan's latest run, step by step.
+    Status(PlanNameArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanNameArguments {
+    /// The plan (or `vm:NAME` for a run of one VM).
+    pub plan: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArguments {
+    /// Only events of this plan (or `vm:NAME`).
+    #[arg(long)]
+    pub plan: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Stop a VM where it runs now (power button, then a hard stop after --grace).
     Stop(VmStopArguments),
+    /// Copy an instant VM's disks from its point's export while it runs, then stop the
+    /// export (started in the background by failover --instant).
+    #[command(hide = true)]
+    Hydrate(VmHydrateArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct VmHydrateArguments {
+    /// The VM's home directory (disks, runtime files, export).
+    #[arg(long)]
+    pub home: std::path::PathBuf,
+    /// How many disks it has.
+    #[arg(long)]
+    pub disks: usize,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 
 mod cli;
 mod commands;
+mod orchestrator;
 mod output;
 mod placement;
 mod progress;
@@ -42,7 +43,14 @@ fn main() -> ExitCode {
         Command::Receive(arguments) => commands::receive::run(&cli.global, arguments),
         Command::Dns(command) => commands::dns::run(&cli.global, command),
         Command::Failover(arguments) => commands::failover::run(&cli.global, arguments),
+        Command::Cleanup(arguments) => commands::failover::cleanup(&cli.global, arguments),
+        Command::Commit(arguments) => commands::failover::commit(&cli.global, arguments),
+        Command::Plan(command) => commands::failover::plan(&cli.global, command),
+        Command::Audit(arguments) => commands::failover::audit(&cli.global, arguments),
         Command::Vm(VmCommand::Stop(arguments)) => commands::failover::stop(&cli.global, arguments),
+        Command::Vm(VmCommand::Hydrate(arguments)) => {
+            orchestrator::hydrate(&arguments.home, arguments.disks).map(|()| 0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

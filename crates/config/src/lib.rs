@@ -14,7 +14,7 @@
 
 mod vms;
 
-pub use vms::{DnsSettings, DnsUpdate, Endpoint, Plan, Vm};
+pub use vms::{ActionKind, ActionPosition, DnsSettings, DnsUpdate, Endpoint, Plan, PlanAction, Vm};
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -73,6 +73,11 @@ pub struct Region {
     /// The DNS name of the region's repository endpoint, served by the built-in DNS server
     /// with the address of whichever side is active.
     pub endpoint: Option<Endpoint>,
+    /// The network a VM started here gets: a qemu `-nic` value (`user`, `bridge,br=br0`,
+    /// `tap,ifname=tap0,script=no`, or `none`).
+    pub network: String,
+    /// The isolated network of a test failover (default `user,restrict=on`: no way out).
+    pub test_network: String,
 }
 
 /// The whole file, checked.
@@ -164,6 +169,8 @@ struct RegionEntry {
     storage: BTreeMap<String, String>,
     on_storage_failover: Option<String>,
     endpoint: Option<Spanned<vms::EndpointEntry>>,
+    network: Option<Spanned<String>>,
+    test_network: Option<Spanned<String>>,
 }
 
 fn local() -> Spanned<Redundancy> {
@@ -250,6 +257,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .as_ref()
                 .map(|endpoint| vms::endpoint(endpoint, name, &invalid))
                 .transpose()?,
+            network: vms::network(entry.network.as_ref(), "network", "user", &invalid)?,
+            test_network: vms::network(
+                entry.test_network.as_ref(),
+                "test_network",
+                "user,restrict=on",
+                &invalid,
+            )?,
         });
     }
     // Pairs must name known regions; copies default to a place in the pair's repository.

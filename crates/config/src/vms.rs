@@ -23,6 +23,9 @@ pub struct DnsSettings {
     pub zones: Vec<String>,
     /// Also push every name to an existing DNS server by RFC 2136 updates.
     pub update: Option<DnsUpdate>,
+    /// Where the test view answers: the names of VMs started by a test failover, with their
+    /// test addresses, apart from the production view.
+    pub test_listen: Option<SocketAddr>,
 }
 
 /// An existing DNS server holding the zones, updated by RFC 2136.
@@ -86,6 +89,36 @@ pub struct Vm {
 pub struct Plan {
     pub name: String,
     pub groups: Vec<Vec<String>>,
+    /// Pre-flight: refuse points older than this (the plan's RPO), if set.
+    pub max_point_age_seconds: Option<u64>,
+    /// Scripts and manual steps around the groups, in file order.
+    pub actions: Vec<PlanAction>,
+}
+
+/// A step of a plan that is not a VM: a script or a manual step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanAction {
+    /// Runs before group `n` (1-based) starts, or after it is up.
+    pub position: ActionPosition,
+    pub what: ActionKind,
+}
+
+/// Where an action sits in a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionPosition {
+    Before(usize),
+    After(usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionKind {
+    /// A command run with `sh -c`, killed after the timeout.
+    Script {
+        command: String,
+        timeout_seconds: u64,
+    },
+    /// The plan waits until `lifeboat plan continue` after showing this.
+    Manual { message: String },
 }
 
 #[derive(Deserialize)]
@@ -95,6 +128,7 @@ pub(crate) struct DnsEntry {
     ttl: Option<Spanned<u32>>,
     zones: Spanned<Vec<String>>,
     update: Option<Spanned<UpdateEntry>>,
+    test_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +170,24 @@ pub(crate) struct VmEntry {
 pub(crate) struct PlanEntry {
     name: Spanned<String>,
     groups: Spanned<Vec<Vec<String>>>,
+    max_point_age_seconds: Option<Spanned<u64>>,
+    #[serde(default)]
+    action: Vec<Spanned<ActionEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActionEntry {
+    before: Option<usize>,
+    after: Option<usize>,
+    script: Option<String>,
+    manual: Option<String>,
+    #[serde(default = "five_minutes")]
+    timeout_seconds: u64,
+}
+
+fn five_minutes() -> u64 {
+    300
 }
 
 fn one() -> Spanned<u32> {
@@ -186,18 +238,26 @@ pub(crate) fn dns(
     invalid: Invalid,
 ) -> Result<DnsSettings, ConfigError> {
     let dns = entry.get_ref();
-    let listen = match &dns.listen {
-        None => SocketAddr::from(([127, 0, 0, 1], 5353)),
-        Some(text) => text.get_ref().trim().parse().map_err(|_| {
+    let socket = |text: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+        text.get_ref().trim().parse().map_err(|_| {
             invalid(
                 text.span(),
                 format!(
-                    "key 'listen': '{}' is not an address and port like 127.0.0.1:5353",
+                    "key '{key}': '{}' is not an address and port like 127.0.0.1:5353",
                     text.get_ref()
                 ),
             )
-        })?,
+        })
     };
+    let listen = match &dns.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 5353)),
+        Some(text) => socket(text, "listen")?,
+    };
+    let test_listen = dns
+        .test_listen
+        .as_ref()
+        .map(|text| socket(text, "test_listen"))
+        .transpose()?;
     let ttl = match &dns.ttl {
         None => 30,
         Some(ttl) if (1..=86400).contains(ttl.get_ref()) => *ttl.get_ref(),
@@ -244,7 +304,36 @@ pub(crate) fn dns(
         ttl,
         zones,
         update,
+        test_listen,
     })
+}
+
+/// A region's `network` or `test_network`: a qemu `-nic` value.
+pub(crate) fn network(
+    entry: Option<&Spanned<String>>,
+    key: &str,
+    default: &str,
+    invalid: Invalid,
+) -> Result<String, ConfigError> {
+    let Some(text) = entry else {
+        return Ok(default.to_string());
+    };
+    let value = text.get_ref().trim();
+    let backend = value.split(',').next().unwrap_or_default();
+    if ![
+        "none", "user", "bridge", "tap", "socket", "stream", "dgram", "vde", "l2tpv3",
+    ]
+    .contains(&backend)
+        || value.contains(char::is_whitespace)
+    {
+        return Err(invalid(
+            text.span(),
+            format!(
+                "key '{key}': '{value}' is not a qemu -nic value like \"user\", \"bridge,br=br0\" or \"none\""
+            ),
+        ));
+    }
+    Ok(value.to_string())
 }
 
 pub(crate) fn endpoint(
@@ -430,9 +519,49 @@ pub(crate) fn plans(
             }
             seen.push(vm);
         }
+        let mut actions = Vec::new();
+        for action in &plan.action {
+            let entry = action.get_ref();
+            let bad = |message: String| {
+                invalid(
+                    action.span(),
+                    format!("[[plan.action]] of plan '{name}': {message}"),
+                )
+            };
+            let position = match (entry.before, entry.after) {
+                (Some(n), None) => ActionPosition::Before(n),
+                (None, Some(n)) => ActionPosition::After(n),
+                _ => {
+                    return Err(bad(
+                        "give exactly one of 'before' or 'after' (a group number, from 1)"
+                            .to_string(),
+                    ));
+                }
+            };
+            let (ActionPosition::Before(n) | ActionPosition::After(n)) = position;
+            if n == 0 || n > groups.len() {
+                return Err(bad(format!(
+                    "group {n} does not exist (the plan has groups 1 to {})",
+                    groups.len()
+                )));
+            }
+            let what = match (&entry.script, &entry.manual) {
+                (Some(command), None) if !command.trim().is_empty() => ActionKind::Script {
+                    command: command.trim().to_string(),
+                    timeout_seconds: entry.timeout_seconds.max(1),
+                },
+                (None, Some(message)) if !message.trim().is_empty() => ActionKind::Manual {
+                    message: message.trim().to_string(),
+                },
+                _ => return Err(bad("give exactly one of 'script' (a command) or 'manual' (what the operator must do)".to_string())),
+            };
+            actions.push(PlanAction { position, what });
+        }
         plans.push(Plan {
             name,
             groups: groups.clone(),
+            max_point_age_seconds: plan.max_point_age_seconds.as_ref().map(|s| *s.get_ref()),
+            actions,
         });
     }
     Ok(plans)

@@ -21,7 +21,9 @@ pub mod qmp;
 
 pub use accel::{Accelerator, probe};
 pub use overlay::create_overlay;
-pub use qemu::{DirectBoot, DiskSpec, Vm, VmSpec, stop_detached};
+pub use qemu::{
+    DirectBoot, DiskSpec, Vm, VmSpec, hydrate_detached, is_running_detached, stop_detached,
+};
 pub use qmp::Qmp;
 
 use std::path::PathBuf;

@@ -39,6 +39,9 @@ pub struct VmSpec {
     pub accelerator: crate::Accelerator,
     /// A kernel to boot directly, if any.
     pub direct_boot: Option<DirectBoot>,
+    /// The network: a qemu `-nic` value (`user`, `bridge,br=br0`, `none`, …); the NIC is a
+    /// virtio-net device.
+    pub network: String,
 }
 
 /// A running VM; killed on drop if still running, unless detached.
@@ -69,8 +72,10 @@ impl Vm {
             ))
         })?;
         let socket = spec.runtime_directory.join("qmp.sock");
+        let jobs = spec.runtime_directory.join(JOBS_SOCKET);
         let serial_log = spec.runtime_directory.join("serial.log");
         let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&jobs);
         let mut command = Command::new("qemu-system-x86_64");
         command
             .args(["-name", &spec.name])
@@ -80,8 +85,18 @@ impl Vm {
             .args(["-m", &spec.memory_mib.max(16).to_string()])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            // A second monitor for background jobs (hydration), so that they never keep
+            // the first one from a stop.
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", jobs.display()))
             .arg("-serial")
             .arg(format!("file:{}", serial_log.display()));
+        let nic = spec.network.trim();
+        if nic.is_empty() || nic == "none" {
+            command.args(["-nic", "none"]);
+        } else {
+            command.args(["-nic", &format!("{nic},model=virtio-net-pci")]);
+        }
         if let Some(boot) = &spec.direct_boot {
             command.arg("-kernel").arg(&boot.kernel);
             if let Some(initrd) = &boot.initrd {
@@ -195,23 +210,7 @@ impl Vm {
     /// export) into the disk itself, while the VM runs; returns once the copy is complete
     /// and the disk no longer needs its backing.
     pub fn hydrate(&mut self, index: usize, timeout: Duration) -> Result<()> {
-        let job = format!("hydrate-{}", node(index));
-        self.qmp.execute(
-            "block-stream",
-            json!({ "job-id": job, "device": node(index) }),
-        )?;
-        let event = self.qmp.wait_event(
-            "BLOCK_JOB_COMPLETED",
-            |event| event["data"]["device"] == job.as_str(),
-            timeout,
-        )?;
-        if let Some(error) = event["data"]["error"].as_str() {
-            return Err(HypervisorError::Vm {
-                vm: self.name.clone(),
-                detail: format!("hydrating disk {index} failed: {error}"),
-            });
-        }
-        Ok(())
+        hydrate_with(&mut self.qmp, &self.name, index, timeout)
     }
 
     /// Stops the VM: the ACPI power button first, then, after `grace`, a hard quit.
@@ -249,6 +248,46 @@ impl Vm {
         self.detached = true;
         self.child.id()
     }
+}
+
+/// The second QMP monitor, for background jobs.
+const JOBS_SOCKET: &str = "qmp-jobs.sock";
+
+fn hydrate_with(qmp: &mut Qmp, vm: &str, index: usize, timeout: Duration) -> Result<()> {
+    let job = format!("hydrate-{}", node(index));
+    qmp.execute(
+        "block-stream",
+        json!({ "job-id": job, "device": node(index) }),
+    )?;
+    let event = qmp.wait_event(
+        "BLOCK_JOB_COMPLETED",
+        |event| event["data"]["device"] == job.as_str(),
+        timeout,
+    )?;
+    if let Some(error) = event["data"]["error"].as_str() {
+        return Err(HypervisorError::Vm {
+            vm: vm.to_string(),
+            detail: format!("hydrating disk {index} failed: {error}"),
+        });
+    }
+    Ok(())
+}
+
+/// Hydrates disks `0..disks` of a detached VM (see [`Vm::hydrate`]) through its jobs
+/// monitor in `runtime_directory`, one after another.
+pub fn hydrate_detached(runtime_directory: &Path, disks: usize, timeout: Duration) -> Result<()> {
+    let socket = runtime_directory.join(JOBS_SOCKET);
+    let mut qmp = Qmp::connect(&socket, Duration::from_secs(5))?;
+    let vm = runtime_directory.display().to_string();
+    for index in 0..disks {
+        hydrate_with(&mut qmp, &vm, index, timeout)?;
+    }
+    Ok(())
+}
+
+/// Whether a detached VM runs in `runtime_directory` (its QMP socket answers).
+pub fn is_running_detached(runtime_directory: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(runtime_directory.join(JOBS_SOCKET)).is_ok()
 }
 
 /// Stops a detached VM through the QMP socket in `runtime_directory`: the power button,

@@ -37,6 +37,7 @@ fn spec(directory: &Path, name: &str, disks: Vec<DiskSpec>) -> VmSpec {
         runtime_directory: directory.join(format!("run-{name}")),
         accelerator: probe(),
         direct_boot: None,
+        network: "none".to_string(),
     }
 }
 

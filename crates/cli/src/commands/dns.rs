@@ -5,6 +5,10 @@
 //! repository endpoint at its primary or, after a storage failover, its copy. The server
 //! reads the state again every second and replaces its zones when an answer changes, so a
 //! failover moves the names within about a second plus the records' TTL.
+//!
+//! With `[dns] test_listen`, a second server answers the test view: the same names, except
+//! that VMs running as test copies answer with their address in the test region. Test
+//! clients ask that server; production never sees a test failover.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -30,12 +34,22 @@ pub struct DnsRecord {
     pub owner: String,
 }
 
-/// Every name and its address as things stand. No I/O.
-pub fn records(config: &Config, state: &StateFile, placements: &Placements) -> Vec<DnsRecord> {
+/// Every name and its address as things stand, in the production view or (`test`) the
+/// test view. No I/O.
+pub fn records(
+    config: &Config,
+    state: &StateFile,
+    placements: &Placements,
+    test: bool,
+) -> Vec<DnsRecord> {
     let mut records = Vec::new();
     for vm in &config.vms {
-        // Where a failover placed it, else its own region.
-        let region = placements.region_of(&vm.name, &vm.region);
+        // A test copy in the test view; else where a failover placed it, else its own
+        // region.
+        let region = match placements.tests.get(&vm.name) {
+            Some(copy) if test => copy.region.as_str(),
+            _ => placements.region_of(&vm.name, &vm.region),
+        };
         if let Some(&address) = vm.addresses.get(region) {
             for name in &vm.dns {
                 records.push(DnsRecord {
@@ -67,10 +81,10 @@ pub fn records(config: &Config, state: &StateFile, placements: &Placements) -> V
 }
 
 /// [`records`] as the state files say now.
-fn current_records(config: &Config) -> anyhow::Result<Vec<DnsRecord>> {
+fn current_records(config: &Config, test: bool) -> anyhow::Result<Vec<DnsRecord>> {
     let state = StateFile::load(&config.state_directory)?;
     let placements = Placements::load(&config.state_directory)?;
-    Ok(records(config, &state, &placements))
+    Ok(records(config, &state, &placements, test))
 }
 
 fn zone_set(config: &Config, records: &[DnsRecord], serial: u32) -> anyhow::Result<ZoneSet> {
@@ -88,7 +102,7 @@ pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
     let config = required_config(global)?;
     match command {
         DnsCommand::Records(_) => {
-            let records = current_records(&config)?;
+            let records = current_records(&config, false)?;
             if global.json {
                 print_json(&records)?;
             } else {
@@ -136,7 +150,7 @@ fn push_records(config: &Config, records: &[DnsRecord]) -> anyhow::Result<()> {
 fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result<u8> {
     let mut pushed: Option<Vec<DnsRecord>> = None;
     loop {
-        let next = current_records(config)?;
+        let next = current_records(config, false)?;
         if pushed.as_ref() != Some(&next) {
             match push_records(config, &next) {
                 Ok(()) => {
@@ -158,64 +172,96 @@ fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result
     }
 }
 
+/// One view the server answers: its records now and their serial.
+struct View {
+    server: DnsServer,
+    test: bool,
+    current: Vec<DnsRecord>,
+    serial: u32,
+}
+
+impl View {
+    fn start(config: &Config, address: std::net::SocketAddr, test: bool) -> anyhow::Result<View> {
+        let current = current_records(config, test)?;
+        let serial = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1);
+        let server = DnsServer::start(address, zone_set(config, &current, serial)?)
+            .with_context(|| format!("cannot answer DNS on {address}"))?;
+        Ok(View {
+            server,
+            test,
+            current,
+            serial,
+        })
+    }
+
+    /// Replaces the zones when the state files say something new.
+    fn refresh(&mut self, config: &Config) {
+        let next = match current_records(config, self.test) {
+            Ok(next) => next,
+            Err(error) => {
+                eprintln!("cannot read the state ({error:#}); answering as before");
+                return;
+            }
+        };
+        if next == self.current {
+            return;
+        }
+        self.serial = self.serial.wrapping_add(1);
+        match zone_set(config, &next, self.serial) {
+            Ok(zones) => {
+                self.server.replace(zones);
+                for record in next.iter().filter(|r| !self.current.contains(r)) {
+                    eprintln!(
+                        "{}{} now answers {} ({})",
+                        if self.test { "test view: " } else { "" },
+                        record.name,
+                        record.address,
+                        record.owner
+                    );
+                }
+                self.current = next;
+            }
+            Err(error) => eprintln!("cannot update the zones ({error:#}); answering as before"),
+        }
+    }
+}
+
 fn serve(
     global: &GlobalOptions,
     config: &Config,
     listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<u8> {
-    let mut current = current_records(config)?;
-    let mut serial = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1);
-    let zones = zone_set(config, &current, serial)?;
-    let address = listen
-        .or(config.dns.as_ref().map(|dns| dns.listen))
-        .expect("zone_set checked the [dns] section");
-    let server = DnsServer::start(address, zones)
-        .with_context(|| format!("cannot answer DNS on {address}"))?;
+    let dns = config.dns.as_ref().context(
+        "the configuration has no [dns] section: add one with the zones to serve (see docs/configuration.md)",
+    )?;
+    let mut views = vec![View::start(config, listen.unwrap_or(dns.listen), false)?];
+    if let Some(address) = dns.test_listen {
+        views.push(View::start(config, address, true)?);
+    }
     if global.json {
         print_json_line(&serde_json::json!({
-            "listen": server.address().to_string(),
-            "records": current,
+            "listen": views[0].server.address().to_string(),
+            "test_listen": views.get(1).map(|v| v.server.address().to_string()),
+            "records": views[0].current,
         }))?;
     } else {
-        eprintln!(
-            "answering for {} on {} (UDP and TCP), {} names",
-            config
-                .dns
-                .as_ref()
-                .map(|dns| dns.zones.join(", "))
-                .unwrap_or_default(),
-            server.address(),
-            current.len()
-        );
+        for view in &views {
+            eprintln!(
+                "answering for {} on {} (UDP and TCP){}, {} names",
+                dns.zones.join(", "),
+                view.server.address(),
+                if view.test { ", test view" } else { "" },
+                view.current.len()
+            );
+        }
     }
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let next = match current_records(config) {
-            Ok(next) => next,
-            Err(error) => {
-                eprintln!("cannot read the state ({error:#}); answering as before");
-                continue;
-            }
-        };
-        if next == current {
-            continue;
-        }
-        serial = serial.wrapping_add(1);
-        match zone_set(config, &next, serial) {
-            Ok(zones) => {
-                server.replace(zones);
-                for record in next.iter().filter(|r| !current.contains(r)) {
-                    eprintln!(
-                        "{} now answers {} ({})",
-                        record.name, record.address, record.owner
-                    );
-                }
-                current = next;
-            }
-            Err(error) => eprintln!("cannot update the zones ({error:#}); answering as before"),
+        for view in &mut views {
+            view.refresh(config);
         }
     }
 }
@@ -254,13 +300,13 @@ addresses = { west = "10.0.1.5", east = "10.1.1.5" }
         )
         .unwrap();
         let mut state = StateFile::default();
-        let before = records(&config, &state, &Placements::default());
+        let before = records(&config, &state, &Placements::default(), false);
         assert_eq!(before.len(), 3);
         assert_eq!(before[0].address.to_string(), "10.0.1.5");
         assert_eq!(before[1].address.to_string(), "10.0.0.10");
         state.regions.entry("west".into()).or_default().active = Side::Copy;
         state.regions.entry("east".into()).or_default().active = Side::Copy;
-        let after = records(&config, &state, &Placements::default());
+        let after = records(&config, &state, &Placements::default(), false);
         assert_eq!(after[1].address.to_string(), "10.1.0.10");
         assert!(
             !after.iter().any(|r| r.owner == "repository:east"),

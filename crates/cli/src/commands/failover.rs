@@ -1,248 +1,430 @@
-//! `lifeboat failover --vm NAME --to REGION`: start a VM in another region from a recovery
-//! point of that region's repository, and move its names there.
+//! `lifeboat failover`, `cleanup` and `commit`: runs of a recovery plan (or of one VM, a
+//! plan of its own called `vm:NAME`), journaled and audited by `lifeboat-orchestration`,
+//! carried out by [`crate::orchestrator`].
 //!
-//! The point (latest, an id, or the VM's point at --at TIME) is restored in full into the
-//! state directory (`vms/NAME/REGION/`), the VM is started there with qemu (detached: it
-//! runs on after this command) and recorded as placed in REGION with a new epoch, which
-//! `lifeboat dns serve` and `dns push` follow.
+//! A failover starts the plan's VMs in another region from recovery points there, group by
+//! group, with the plan's scripts and manual steps between; each VM is recorded as placed
+//! there with a new epoch, which `lifeboat dns serve` and `dns push` follow. `--test`
+//! starts isolated copies instead (test network, DNS test view), removed by `cleanup`;
+//! `--planned` stops the source first and waits for its last writes. `commit` makes a
+//! failover final.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use lifeboat_backup::{RestoreOptions, restore};
-use lifeboat_disk::Format;
-use lifeboat_geo::status::settings_for;
-use lifeboat_geo::{StateFile, locations};
-use lifeboat_hypervisor::{DirectBoot, DiskSpec, Vm, VmSpec, create_overlay, probe, stop_detached};
-use serde_json::json;
+use lifeboat_config::{Config, Plan};
+use lifeboat_orchestration::{
+    AuditEvent, AuditLog, Operation, Outcome, RunRecord, RunState, Runner, steps,
+};
+use serde_json::{Value, json};
 
-use crate::cli::{FailoverArguments, GlobalOptions, VmStopArguments};
+use crate::cli::{FailoverArguments, GlobalOptions, Target, TargetArguments};
+use crate::orchestrator::{PlanExecutor, RunOptions, declared_vm, vm_home};
 use crate::output::print_json;
-use crate::placement::{Placement, Placements};
-use crate::progress::Bar;
-use crate::repository::{base_settings, open_location, required_config};
+use crate::placement::Placements;
+use crate::repository::required_config;
 
-/// Where a VM's disks and runtime files live in a region: `<state>/vms/NAME/REGION`.
-fn vm_home(config: &lifeboat_config::Config, vm: &str, region: &str) -> std::path::PathBuf {
-    config.state_directory.join("vms").join(vm).join(region)
+/// The plan a target names: a declared plan, or `vm:NAME` for one VM alone.
+pub fn target_plan(config: &Config, name: &str) -> anyhow::Result<Plan> {
+    if let Some(vm) = name.strip_prefix("vm:") {
+        declared_vm(config, vm)?;
+        return Ok(Plan {
+            name: name.to_string(),
+            groups: vec![vec![vm.to_string()]],
+            max_point_age_seconds: None,
+            actions: Vec::new(),
+        });
+    }
+    config
+        .plans
+        .iter()
+        .find(|plan| plan.name == name)
+        .cloned()
+        .with_context(|| format!("{} declares no plan '{name}'", config.path.display()))
 }
 
-/// The `[[vm]]` called `name`.
-fn declared_vm<'a>(
-    config: &'a lifeboat_config::Config,
-    name: &str,
-) -> anyhow::Result<&'a lifeboat_config::Vm> {
-    config
-        .vms
-        .iter()
-        .find(|vm| vm.name == name)
-        .with_context(|| format!("{} declares no VM '{name}'", config.path.display()))
+fn plan_of(config: &Config, target: &Target) -> anyhow::Result<Plan> {
+    match (&target.plan, &target.vm) {
+        (Some(plan), _) => target_plan(config, plan),
+        (None, Some(vm)) => target_plan(config, &format!("vm:{vm}")),
+        (None, None) => bail!("name a plan (--plan) or a VM (--vm)"),
+    }
 }
 
 pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Result<u8> {
-    let started = Instant::now();
     let config = required_config(global)?;
-    let vm = declared_vm(&config, &arguments.vm)?;
-    let region = config.region(&arguments.to)?;
-    // Pre-flight: the VM has somewhere to live in that region.
-    if !vm.dns.is_empty() && !vm.addresses.contains_key(&region.name) {
-        bail!(
-            "VM '{}' has no address in region '{}': add addresses.{} to its [[vm]] entry",
-            vm.name,
-            region.name,
-            region.name
-        );
-    }
-    let state = StateFile::load(&config.state_directory)?;
-    let places = locations(&config, region, &state.region(&region.name));
-    let repository = open_location(
-        global,
-        &places.active,
-        &settings_for(&base_settings(), &places.active_settings),
-    )?;
-    let manifest = super::named_point(
-        &repository,
-        Some(arguments.point.as_deref().unwrap_or("latest")),
-        Some(&vm.name),
-        arguments.at,
-    )?;
-    let home = vm_home(&config, &vm.name, &region.name);
-    let runtime = home.join("run");
-    // A VM already running from an earlier failover here is stopped first.
-    stop_detached(&runtime, Duration::from_secs(5))?;
-    let disks_directory = home.join("disks");
-    if disks_directory.exists() {
-        std::fs::remove_dir_all(&disks_directory)
-            .with_context(|| format!("cannot clear {}", disks_directory.display()))?;
-    }
-    // Instantly: overlays on the point's export, served by a `lifeboat export` beside the
-    // VM until hydration is done. Else: the point restored in full first.
-    let mut export = None;
-    let disks: Vec<DiskSpec> = if arguments.instant {
-        std::fs::create_dir_all(&disks_directory)
-            .with_context(|| format!("cannot create {}", disks_directory.display()))?;
-        let socket = home.join("export.sock");
-        export = Some(start_export(
-            global,
-            &config,
-            &region.name,
-            &manifest.point,
-            &socket,
-        )?);
-        let mut disks = Vec::new();
-        for disk in &manifest.disks {
-            let overlay = disks_directory.join(format!("{}.overlay.qcow2", disk.name));
-            create_overlay(&overlay, &socket, &disk.name, disk.virtual_size_bytes)?;
-            disks.push(DiskSpec {
-                path: overlay,
-                format: "qcow2".to_string(),
-            });
-        }
-        disks
+    let plan = plan_of(&config, &arguments.target)?;
+    config.region(&arguments.to)?;
+    let operation = if arguments.test {
+        Operation::TestFailover
+    } else if arguments.planned {
+        Operation::PlannedFailover
     } else {
-        restore(
-            &repository,
-            &manifest,
-            &RestoreOptions {
-                target_directory: disks_directory,
-                format: None,
-                threads: super::threads(),
-            },
-            &Bar::new(global.json),
-        )?
-        .disks
-        .iter()
-        .map(|disk| DiskSpec {
-            path: disk.path.clone().into(),
-            format: Format::from_name(&disk.format).qemu_name().to_string(),
-        })
-        .collect()
+        Operation::Failover
     };
-    let spec = VmSpec {
-        name: vm.name.clone(),
-        vcpus: vm.vcpus,
-        memory_mib: vm.memory_mib,
-        disks,
-        runtime_directory: runtime.clone(),
-        accelerator: probe(),
-        direct_boot: vm.kernel.as_ref().map(|kernel| DirectBoot {
-            kernel: kernel.clone(),
-            initrd: vm.initrd.clone(),
-            append: vm.append.clone().unwrap_or_default(),
-        }),
+    let options = RunOptions {
+        point: arguments.point.clone(),
+        at: arguments.at,
+        instant: arguments.instant,
     };
-    let mut running = Vm::start(&spec)?;
-    let status = running.status()?;
-    let running_after = started.elapsed().as_secs_f64();
-    let mut placements = Placements::load(&config.state_directory)?;
-    let epoch = placements.vms.get(&vm.name).map_or(0, |p| p.epoch) + 1;
-    placements.vms.insert(
-        vm.name.clone(),
-        Placement {
-            region: region.name.clone(),
-            epoch,
-            point: Some(manifest.point.clone()),
-            since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        },
-    );
-    placements.save(&config.state_directory)?;
-    if export.is_some() && !global.json {
-        println!(
-            "VM '{}' {status} in region '{}' from point {} after {running_after:.1} s; copying its disks in the background…",
-            vm.name,
-            region.name,
-            &manifest.point[..12]
+    if !matches!(options.point.as_str(), "latest" | "processed" | "app")
+        && plan.groups.iter().flatten().count() > 1
+    {
+        bail!(
+            "a point id names one VM's point: give --vm, or --point latest|processed|app|--at TIME for plan '{}'",
+            plan.name
         );
     }
-    // The VM runs meanwhile; its disks stop needing the export once hydrated.
-    if let Some(mut export) = export {
-        for index in 0..spec.disks.len() {
-            running.hydrate(index, Duration::from_secs(24 * 3600))?;
-        }
-        let _ = export.kill();
-        let _ = export.wait();
+    let run = RunRecord::new(
+        &plan.name,
+        operation,
+        &arguments.to,
+        serde_json::to_value(&options).expect("options serialize"),
+        steps(&plan, operation),
+    );
+    if arguments.dry_run {
+        return dry_run(global, &config, &plan, run, options);
     }
-    let pid = running.detach();
-    let report = json!({
-        "vm": vm.name,
-        "region": region.name,
-        "epoch": epoch,
-        "point": manifest.point,
-        "point_time": manifest.time,
-        "status": status,
-        "pid": pid,
-        "accelerator": spec.accelerator.name(),
-        "serial_log": runtime.join("serial.log").display().to_string(),
-        "instant": arguments.instant,
-        "running_after_seconds": running_after,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
+    execute(global, &config, &plan, run, true)
+}
+
+/// Pre-flight checks and the steps, printed; nothing done.
+fn dry_run(
+    global: &GlobalOptions,
+    config: &Config,
+    plan: &Plan,
+    run: RunRecord,
+    options: RunOptions,
+) -> anyhow::Result<u8> {
+    let executor = PlanExecutor {
+        global,
+        config,
+        plan,
+        options,
+    };
+    let checks = executor.preflight(&run);
+    let (ok, checks) = match checks {
+        Ok(passed) => (true, passed),
+        Err(error) => (false, vec![format!("{error:#}")]),
+    };
+    AuditLog::new(&config.state_directory).append(&AuditEvent {
+        time: lifeboat_orchestration::audit::now(),
+        actor: run.actor.clone(),
+        run: run.id.clone(),
+        plan: run.plan.clone(),
+        operation: run.operation.as_str().to_string(),
+        step: None,
+        what: format!(
+            "dry run of {} of plan {} to {}",
+            run.operation.as_str(),
+            run.plan,
+            run.region
+        ),
+        event: "dry-run".to_string(),
+        detail: Some(checks.join("; ")),
+    })?;
+    if global.json {
+        print_json(&json!({
+            "plan": run.plan,
+            "operation": run.operation,
+            "region": run.region,
+            "dry_run": true,
+            "ready": ok,
+            "checks": checks,
+            "steps": run.steps,
+        }))?;
+    } else {
+        println!(
+            "{} of plan '{}' to '{}' — dry run, nothing done",
+            run.operation.as_str(),
+            run.plan,
+            run.region
+        );
+        for check in &checks {
+            println!("  {} {check}", if ok { "ok" } else { "FAILED" });
+        }
+        println!("It would run:");
+        for step in &run.steps {
+            println!("  [{}] {}", step.batch, step.action);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// Runs `run` (new, or `resume`d) to its end, a manual step or a failure, and reports.
+fn execute(
+    global: &GlobalOptions,
+    config: &Config,
+    plan: &Plan,
+    mut run: RunRecord,
+    new: bool,
+) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let runner = Runner::lock(&config.state_directory, &plan.name)?
+        .scripts_in(config.path.parent().unwrap_or(std::path::Path::new(".")));
+    if new {
+        if let Some(unfinished) = RunRecord::unfinished(&config.state_directory, &plan.name)? {
+            bail!(
+                "run {} ({} of plan '{}' to '{}') is {:?} and not finished: go on with `lifeboat plan continue {}`, or give it up with `lifeboat plan abandon {}`",
+                unfinished.id,
+                unfinished.operation.as_str(),
+                plan.name,
+                unfinished.region,
+                unfinished.state,
+                plan.name,
+                plan.name
+            );
+        }
+        runner.begin(&mut run)?;
+    }
+    let options: RunOptions = serde_json::from_value(run.options.clone())
+        .with_context(|| format!("run {} has options this lifeboat cannot read", run.id))?;
+    let executor = PlanExecutor {
+        global,
+        config,
+        plan,
+        options,
+    };
+    if !global.json {
+        eprintln!(
+            "{} of plan '{}' to '{}' (run {})",
+            run.operation.as_str(),
+            plan.name,
+            run.region,
+            run.id
+        );
+    }
+    let outcome = runner.run(&mut run, &executor);
+    let report = report(config, plan, &run, started.elapsed().as_secs_f64())?;
     if global.json {
         print_json(&report)?;
+    }
+    match outcome {
+        Ok(Outcome::Succeeded) => {
+            if !global.json {
+                println!(
+                    "{} of plan '{}' to '{}' done in {:.1} s",
+                    run.operation.as_str(),
+                    plan.name,
+                    run.region,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(0)
+        }
+        Ok(Outcome::Waiting { message }) => {
+            if !global.json {
+                println!(
+                    "Waiting for a manual step: {message}\nWhen it is done, run: lifeboat plan continue {}",
+                    plan.name
+                );
+            }
+            Ok(3)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// What a run did: its steps and where the plan's VMs are now.
+fn report(config: &Config, plan: &Plan, run: &RunRecord, seconds: f64) -> anyhow::Result<Value> {
+    let placements = Placements::load(&config.state_directory)?;
+    let test = matches!(run.operation, Operation::TestFailover | Operation::Cleanup);
+    let vms: Vec<Value> = plan
+        .groups
+        .iter()
+        .flatten()
+        .filter_map(|vm| {
+            let placement = if test {
+                placements.tests.get(vm)
+            } else {
+                placements.vms.get(vm)
+            }?;
+            let home = vm_home(config, vm, &placement.region, test);
+            Some(json!({
+                "vm": vm,
+                "region": placement.region,
+                "epoch": placement.epoch,
+                "point": placement.point,
+                "since": placement.since,
+                "instant": placement.instant,
+                "committed": placement.committed,
+                "test": test,
+                "serial_log": home.join("run").join("serial.log"),
+            }))
+        })
+        .collect();
+    let waiting = run.steps.iter().find_map(|s| match (&s.action, s.state) {
+        (
+            lifeboat_orchestration::Action::Manual { message },
+            lifeboat_orchestration::StepState::Waiting,
+        ) => Some(message.clone()),
+        _ => None,
+    });
+    Ok(json!({
+        "run": run.id,
+        "plan": run.plan,
+        "operation": run.operation,
+        "region": run.region,
+        "state": run.state,
+        "actor": run.actor,
+        "waiting_for": waiting,
+        "seconds": seconds,
+        "steps": run.steps,
+        "vms": vms,
+    }))
+}
+
+/// `lifeboat cleanup`: removes the test copies of a plan.
+pub fn cleanup(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let plan = plan_of(&config, &arguments.target)?;
+    let placements = Placements::load(&config.state_directory)?;
+    let region = plan
+        .groups
+        .iter()
+        .flatten()
+        .find_map(|vm| placements.tests.get(vm))
+        .map(|p| p.region.clone())
+        .with_context(|| format!("plan '{}' has no test copies to clean up", plan.name))?;
+    let run = RunRecord::new(
+        &plan.name,
+        Operation::Cleanup,
+        &region,
+        serde_json::to_value(RunOptions::default()).expect("options serialize"),
+        steps(&plan, Operation::Cleanup),
+    );
+    execute(global, &config, &plan, run, true)
+}
+
+/// `lifeboat commit`: makes a plan's failover final.
+pub fn commit(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let plan = plan_of(&config, &arguments.target)?;
+    let placements = Placements::load(&config.state_directory)?;
+    let region = plan
+        .groups
+        .iter()
+        .flatten()
+        .find_map(|vm| placements.vms.get(vm))
+        .map(|p| p.region.clone())
+        .with_context(|| format!("plan '{}' has not been failed over", plan.name))?;
+    let run = RunRecord::new(
+        &plan.name,
+        Operation::Commit,
+        &region,
+        serde_json::to_value(RunOptions::default()).expect("options serialize"),
+        steps(&plan, Operation::Commit),
+    );
+    execute(global, &config, &plan, run, true)
+}
+
+/// `lifeboat plan continue|abandon|status`.
+pub fn plan(global: &GlobalOptions, command: &crate::cli::PlanCommand) -> anyhow::Result<u8> {
+    use crate::cli::PlanCommand;
+    let config = required_config(global)?;
+    match command {
+        PlanCommand::Continue(arguments) => {
+            let plan = target_plan(&config, &arguments.plan)?;
+            let mut run = RunRecord::unfinished(&config.state_directory, &plan.name)?
+                .with_context(|| format!("plan '{}' has no unfinished run", plan.name))?;
+            {
+                let runner = Runner::lock(&config.state_directory, &plan.name)?;
+                runner.acknowledge(&mut run)?;
+            }
+            execute(global, &config, &plan, run, false)
+        }
+        PlanCommand::Abandon(arguments) => {
+            let plan = target_plan(&config, &arguments.plan)?;
+            let mut run = RunRecord::unfinished(&config.state_directory, &plan.name)?
+                .with_context(|| format!("plan '{}' has no unfinished run", plan.name))?;
+            Runner::lock(&config.state_directory, &plan.name)?.abandon(&mut run)?;
+            if global.json {
+                print_json(&json!({ "run": run.id, "state": run.state }))?;
+            } else {
+                println!("run {} abandoned", run.id);
+            }
+            Ok(0)
+        }
+        PlanCommand::Status(arguments) => {
+            let plan = target_plan(&config, &arguments.plan)?;
+            let run = RunRecord::latest(&config.state_directory, &plan.name)?
+                .with_context(|| format!("plan '{}' has never run", plan.name))?;
+            if global.json {
+                print_json(&report(&config, &plan, &run, 0.0)?)?;
+            } else {
+                println!(
+                    "run {}: {} of plan '{}' to '{}' by {}, {:?}",
+                    run.id,
+                    run.operation.as_str(),
+                    plan.name,
+                    run.region,
+                    run.actor,
+                    run.state
+                );
+                for step in &run.steps {
+                    println!(
+                        "  [{}] {:?} {}{}",
+                        step.batch,
+                        step.state,
+                        step.action,
+                        step.detail
+                            .as_ref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(match run.state {
+                RunState::Succeeded => 0,
+                RunState::Waiting => 3,
+                _ => 1,
+            })
+        }
+    }
+}
+
+/// `lifeboat audit`.
+pub fn audit(global: &GlobalOptions, arguments: &crate::cli::AuditArguments) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let events: Vec<AuditEvent> = AuditLog::new(&config.state_directory)
+        .read()?
+        .into_iter()
+        .filter(|e| arguments.plan.as_ref().is_none_or(|p| &e.plan == p))
+        .collect();
+    if global.json {
+        print_json(&events)?;
     } else {
-        println!(
-            "VM '{}' {} in region '{}' (epoch {epoch}) from point {} of {}, after {:.1} s; console: {}",
-            vm.name,
-            status,
-            region.name,
-            &manifest.point[..12],
-            manifest.time,
-            started.elapsed().as_secs_f64(),
-            runtime.join("serial.log").display()
-        );
+        for event in &events {
+            println!(
+                "{} {} {} {}: {}{}",
+                event.time,
+                event.actor,
+                event.run,
+                event.event,
+                event.what,
+                event
+                    .detail
+                    .as_ref()
+                    .map(|d| format!(" — {d}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     Ok(0)
 }
 
-/// Starts `lifeboat export POINT` of `region`'s repository on Unix socket `socket`, as a
-/// separate process that outlives a failure of this one while the VM still reads from it;
-/// returns once it serves.
-fn start_export(
-    global: &GlobalOptions,
-    config: &lifeboat_config::Config,
-    region: &str,
-    point: &str,
-    socket: &std::path::Path,
-) -> anyhow::Result<std::process::Child> {
-    use std::io::BufRead;
-    let _ = std::fs::remove_file(socket);
-    let mut command = std::process::Command::new(
-        std::env::current_exe().context("cannot find the lifeboat executable")?,
-    );
-    command
-        .arg("--config")
-        .arg(&config.path)
-        .args(["--region", region, "--json"]);
-    if let Some(file) = &global.password_file {
-        command.arg("--password-file").arg(file);
-    }
-    let mut child = command
-        .args(["export", point, "--listen"])
-        .arg(format!("unix:{}", socket.display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .context("cannot start lifeboat export for the instant disks")?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .context("lifeboat export did not start")?;
-    if line.trim().is_empty() {
-        let _ = child.wait();
-        bail!("lifeboat export of point {point} did not start (see its error above)");
-    }
-    Ok(child)
-}
-
 /// `lifeboat vm stop --vm NAME`: stops the VM where its placement says it runs.
-pub fn stop(global: &GlobalOptions, arguments: &VmStopArguments) -> anyhow::Result<u8> {
+pub fn stop(global: &GlobalOptions, arguments: &crate::cli::VmStopArguments) -> anyhow::Result<u8> {
     let config = required_config(global)?;
     let vm = declared_vm(&config, &arguments.vm)?;
     let placements = Placements::load(&config.state_directory)?;
     let region = placements.region_of(&vm.name, &vm.region);
-    let runtime = vm_home(&config, &vm.name, region).join("run");
-    let clean = stop_detached(&runtime, Duration::from_secs(arguments.grace))?;
+    let home = vm_home(&config, &vm.name, region, false);
+    let clean = lifeboat_hypervisor::stop_detached(
+        &home.join("run"),
+        std::time::Duration::from_secs(arguments.grace),
+    )?;
+    crate::orchestrator::stop_home(&home)?;
     if global.json {
         print_json(&json!({ "vm": vm.name, "region": region, "clean": clean }))?;
     } else {

@@ -1,0 +1,355 @@
+//! Recovery plans without a guest OS (the VMs run firmware only): groups in order, scripts
+//! and manual steps, dry runs, test failover and cleanup, commit, an orchestrator killed
+//! mid-run, and the audit log. The real boot is in failover.rs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Harness;
+use common::replication::{Killed, dns_server};
+use serde_json::Value;
+
+/// Two regions, three VMs and plan "shop" ([db1], then [web1, web2]) with a script and a
+/// manual step after db1 and a script before the web group.
+struct Site {
+    harness: Harness,
+    config: PathBuf,
+    test_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const VMS: [&str; 3] = ["db1", "web1", "web2"];
+
+impl Site {
+    fn new(actions: &str) -> Site {
+        let harness = Harness::uninitialised();
+        let config = harness.path("lifeboat.toml");
+        let test_port = free_port();
+        let mut text = format!(
+            r#"
+[dns]
+ttl = 5
+zones = ["shop.example"]
+test_listen = "127.0.0.1:{test_port}"
+
+[[region]]
+name = "west"
+repository = "{west}"
+pair = "east"
+
+[[region]]
+name = "east"
+repository = "{east}"
+pair = "west"
+network = "none"
+"#,
+            west = harness.path("west").display(),
+            east = harness.path("east").display(),
+        );
+        for (index, vm) in VMS.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[vm]]\nname = \"{vm}\"\nregion = \"west\"\nmemory_mib = 32\ndisks = [\"{disk}\"]\n\
+                 dns = [\"{vm}.shop.example\"]\naddresses = {{ west = \"10.0.1.{n}\", east = \"10.1.1.{n}\" }}\n",
+                disk = harness.path(&format!("{vm}.raw")).display(),
+                n = index + 4,
+            ));
+        }
+        text.push_str(&format!(
+            "\n[[plan]]\nname = \"shop\"\ngroups = [[\"db1\"], [\"web1\", \"web2\"]]\n{actions}"
+        ));
+        std::fs::write(&config, text).unwrap();
+        Site {
+            harness,
+            config,
+            test_port,
+        }
+    }
+
+    fn lifeboat(&self, arguments: &[&str]) -> Output {
+        self.harness
+            .configured(&self.config)
+            .args(arguments)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs with --json; returns the exit code and the document.
+    fn json(&self, arguments: &[&str]) -> (i32, Value) {
+        let mut with_json = vec!["--json"];
+        with_json.extend_from_slice(arguments);
+        let output = self.lifeboat(&with_json);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let document = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{arguments:?}: not JSON ({e}): {stderr}"));
+        (output.status.code().unwrap(), document)
+    }
+
+    fn ok(&self, arguments: &[&str]) -> Value {
+        let (code, document) = self.json(arguments);
+        assert_eq!(code, 0, "{arguments:?}: {document:#}");
+        document
+    }
+
+    /// A 1 MiB disk per VM with its name in it, backed up into east.
+    fn points_in_east(&self) {
+        let east = self
+            .harness
+            .in_region(&self.config, "east")
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(
+            east.status.success(),
+            "{}",
+            String::from_utf8_lossy(&east.stderr)
+        );
+        for vm in VMS {
+            let disk = self.harness.path(&format!("{vm}.raw"));
+            let mut bytes = vec![0u8; 1 << 20];
+            bytes[..vm.len()].copy_from_slice(vm.as_bytes());
+            std::fs::write(&disk, bytes).unwrap();
+            let backup = self
+                .harness
+                .in_region(&self.config, "east")
+                .args(["backup", "--vm", vm])
+                .arg(&disk)
+                .output()
+                .unwrap();
+            assert!(
+                backup.status.success(),
+                "{}",
+                String::from_utf8_lossy(&backup.stderr)
+            );
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.harness.path("lifeboat-state")
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        // No VM outlives its test.
+        for vm in VMS {
+            let _ = self.lifeboat(&["vm", "stop", "--vm", vm, "--grace", "0"]);
+        }
+        let _ = self.lifeboat(&["cleanup", "--plan", "shop"]);
+        for home in qemu_processes(&self.state()) {
+            let _ = Command::new("kill").arg(home.to_string()).status();
+        }
+    }
+}
+
+/// Process ids of the qemu processes whose command line mentions `directory`.
+fn qemu_processes(directory: &Path) -> Vec<u32> {
+    let needle = directory.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let command = String::from_utf8_lossy(&command);
+            command.starts_with("qemu-system-x86_64") && command.contains(&needle)
+        })
+        .collect()
+}
+
+fn command_line(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
+
+fn dig(port: u16, name: &str) -> String {
+    let output = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), name, "A", "+short"])
+        .args(["+time=2", "+tries=2"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn dig_until(port: u16, name: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dig(port, name) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never answered {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn step<'a>(report: &'a Value, what: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == what || s["vm"] == what)
+        .unwrap_or_else(|| panic!("no step {what} in {report:#}"))
+}
+
+fn time(value: &Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_plan_fails_over_group_by_group_through_its_scripts_and_manual_step_and_is_audited() {
+    let site = Site::new(
+        r#"
+[[plan.action]]
+after = 1
+script = "echo \"$LIFEBOAT_PLAN $LIFEBOAT_OPERATION $LIFEBOAT_REGION\" >> actions.log"
+timeout_seconds = 10
+
+[[plan.action]]
+after = 1
+manual = "Check that db1 answers"
+
+[[plan.action]]
+before = 2
+script = "echo warm >> actions.log"
+"#,
+    );
+    // Pre-flight before there is any point: refused, naming what is missing, nothing done.
+    let (code, dry) = site.json(&["failover", "--plan", "shop", "--to", "east", "--dry-run"]);
+    assert_eq!(code, 1);
+    assert_eq!(dry["ready"], false);
+    assert!(
+        dry["checks"][0]
+            .as_str()
+            .unwrap()
+            .contains("repository of region 'east'"),
+        "{dry}"
+    );
+    site.points_in_east();
+    let dry = site.ok(&["failover", "--plan", "shop", "--to", "east", "--dry-run"]);
+    assert_eq!(dry["ready"], true);
+    let checks = dry["checks"].to_string();
+    assert!(
+        checks.contains("db1: point") && checks.contains("memory: 96 MiB needed"),
+        "{checks}"
+    );
+    assert_eq!(dry["steps"].as_array().unwrap().len(), 7);
+    assert!(
+        !site.state().join("vms.json").exists(),
+        "a dry run does nothing"
+    );
+
+    let (_server, port, _) = dns_server(&site.harness, &site.config);
+    assert_eq!(dig(port, "web1.shop.example"), "10.0.1.5");
+    // The run stops at the manual step: db1 is up in east, the web group is not.
+    let (code, waiting) = site.json(&["failover", "--plan", "shop", "--to", "east"]);
+    assert_eq!(code, 3, "{waiting:#}");
+    assert_eq!(waiting["state"], "waiting");
+    assert_eq!(waiting["waiting_for"], "Check that db1 answers");
+    let placed: Vec<&str> = waiting["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(placed, ["db1"]);
+    assert_eq!(waiting["vms"][0]["epoch"], 1);
+    let actions = site.harness.path("actions.log");
+    assert_eq!(
+        std::fs::read_to_string(&actions).unwrap(),
+        "shop failover east\n"
+    );
+    dig_until(port, "db1.shop.example", "10.1.1.4");
+    assert_eq!(dig(port, "web1.shop.example"), "10.0.1.5");
+    let (code, _) = site.json(&["plan", "status", "shop"]);
+    assert_eq!(code, 3);
+    // A second failover of the plan is refused while this one is unfinished.
+    let refused = site.lifeboat(&["failover", "--plan", "shop", "--to", "east"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("lifeboat plan continue shop"));
+
+    let done = site.ok(&["plan", "continue", "shop"]);
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["vms"].as_array().unwrap().len(), 3);
+    // Groups in order, the web VMs together.
+    let db1 = step(&done, "db1");
+    let (web1, web2) = (step(&done, "web1"), step(&done, "web2"));
+    assert!(time(&db1["finished"]) <= time(&web1["started"]));
+    assert!(
+        time(&web1["started"]) < time(&web2["finished"])
+            && time(&web2["started"]) < time(&web1["finished"])
+    );
+    for vm in ["web1", "web2"] {
+        dig_until(
+            port,
+            &format!("{vm}.shop.example"),
+            if vm == "web1" { "10.1.1.5" } else { "10.1.1.6" },
+        );
+    }
+    // The scripts ran once each, in order, beside the configuration.
+    assert_eq!(
+        std::fs::read_to_string(&actions).unwrap(),
+        "shop failover east\nwarm\n"
+    );
+    // Every VM runs in east, on the network east maps it to.
+    let processes = qemu_processes(&site.state());
+    assert_eq!(processes.len(), 3);
+    assert!(
+        processes
+            .iter()
+            .all(|&pid| command_line(pid).contains("-nic none"))
+    );
+
+    // The audit log names who did what.
+    let audit = site.ok(&["audit", "--plan", "shop"]);
+    let events: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap(),
+                e["what"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "run-started failover of plan shop to east",
+        "done start db1",
+        "waiting manual step: Check that db1 answers",
+        "continued manual step: Check that db1 answers",
+        "done start web2",
+        "run-finished failover of plan shop to east",
+    ] {
+        assert!(
+            events.contains(&expected.to_string()),
+            "{expected} missing from {events:#?}"
+        );
+    }
+    assert!(audit[0]["actor"].as_str().unwrap().contains('@'));
+
+    // Commit makes it final: failing over again is refused.
+    let committed = site.ok(&["commit", "--plan", "shop"]);
+    assert!(
+        committed["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["committed"] == true)
+    );
+    let (code, dry) = site.json(&["failover", "--plan", "shop", "--to", "east", "--dry-run"]);
+    assert_eq!(code, 1);
+    assert!(
+        dry["checks"][0].as_str().unwrap().contains("committed"),
+        "{dry}"
+    );
+}
