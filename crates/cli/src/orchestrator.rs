@@ -523,6 +523,10 @@ impl PlanExecutor<'_> {
             std::fs::remove_dir_all(&home)
                 .with_context(|| format!("cannot remove {}", home.display()))?;
         }
+        // The VM's directory goes too once it holds no other region's copy.
+        if let Some(parent) = home.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         Placements::update(&self.config.state_directory, |placements| {
             placements.tests.remove(name);
         })?;
@@ -705,7 +709,7 @@ fn start_export(
         .with_context(|| format!("cannot write {}", home.join("export.pid").display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"listen\"")) {
+        if std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"exports\"")) {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {

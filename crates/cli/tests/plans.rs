@@ -353,3 +353,160 @@ script = "echo warm >> actions.log"
         "{dry}"
     );
 }
+
+#[test]
+fn a_test_failover_runs_isolated_copies_in_a_dns_view_of_its_own_and_cleanup_removes_them() {
+    let site = Site::new("");
+    site.points_in_east();
+    let (_server, port, _) = dns_server(&site.harness, &site.config);
+    let test = site.ok(&[
+        "failover",
+        "--plan",
+        "shop",
+        "--to",
+        "east",
+        "--test",
+        "--instant",
+    ]);
+    assert_eq!(test["state"], "succeeded");
+    assert!(
+        test["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["test"] == true && v["epoch"] == 0)
+    );
+    // The copies run on east's isolated test network...
+    let copies = qemu_processes(&site.state().join("tests"));
+    assert_eq!(copies.len(), 3);
+    assert!(
+        copies
+            .iter()
+            .all(|&pid| command_line(pid).contains("-nic user,restrict=on,model=virtio-net-pci"))
+    );
+    // ...answer in the test view only; production still points at west, and no placement
+    // moved.
+    dig_until(site.test_port, "web1.shop.example", "10.1.1.5");
+    assert_eq!(dig(port, "web1.shop.example"), "10.0.1.5");
+    let placements: Value =
+        serde_json::from_slice(&std::fs::read(site.state().join("vms.json")).unwrap()).unwrap();
+    assert_eq!(placements["vms"], serde_json::json!({}));
+    // Cleanup: no copy, no file, no name left.
+    let cleaned = site.ok(&["cleanup", "--plan", "shop"]);
+    assert_eq!(cleaned["state"], "succeeded");
+    assert!(qemu_processes(&site.state()).is_empty());
+    assert!(!site.state().join("tests").join("web1").exists());
+    assert!(
+        std::fs::read_dir(site.state().join("tests"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "every trace removed"
+    );
+    dig_until(site.test_port, "web1.shop.example", "10.0.1.5");
+    let again = site.lifeboat(&["cleanup", "--plan", "shop"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no test copies"));
+}
+
+#[test]
+fn an_orchestrator_killed_in_the_middle_of_a_plan_resumes_where_it_stopped() {
+    // The script hangs the first time only, as an action interrupted by the crash would
+    // be run again.
+    let site = Site::new(
+        r#"
+[[plan.action]]
+after = 1
+script = "if [ -e once ]; then exit 0; fi; touch once; sleep 60"
+timeout_seconds = 120
+"#,
+    );
+    site.points_in_east();
+    let child = site
+        .harness
+        .configured(&site.config)
+        .args(["--json", "failover", "--plan", "shop", "--to", "east"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut orchestrator = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !site.harness.path("once").exists() {
+        assert!(Instant::now() < deadline, "the script never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    orchestrator.0.kill().unwrap();
+    orchestrator.0.wait().unwrap();
+    let (code, interrupted) = site.json(&["plan", "status", "shop"]);
+    assert_eq!(code, 1);
+    assert_eq!(interrupted["state"], "running");
+    assert_eq!(step(&interrupted, "db1")["state"], "done");
+    assert_eq!(step(&interrupted, "script")["state"], "running");
+    // Resumed: db1 is not started again (its epoch stays 1), the script runs again, the
+    // web group comes up.
+    let resumed = site.ok(&["plan", "continue", "shop"]);
+    assert_eq!(resumed["state"], "succeeded");
+    let epochs: Vec<u64> = resumed["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 1, 1]);
+    let audit = site.ok(&["audit", "--plan", "shop"]);
+    let started_db1 = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "started" && e["what"] == "start db1")
+        .count();
+    assert_eq!(started_db1, 1);
+    assert_eq!(qemu_processes(&site.state()).len(), 3);
+}
+
+#[test]
+fn point_choices_and_mistakes_are_refused_clearly() {
+    let site = Site::new("");
+    site.points_in_east();
+    for (arguments, expected) in [
+        (
+            vec!["failover", "--plan", "nope", "--to", "east"],
+            "declares no plan 'nope'",
+        ),
+        (
+            vec!["failover", "--plan", "shop", "--to", "north"],
+            "no region 'north'",
+        ),
+        (
+            vec![
+                "failover", "--plan", "shop", "--to", "east", "--point", "abc123",
+            ],
+            "a point id names one VM's point",
+        ),
+        (
+            vec!["failover", "--vm", "db1", "--to", "east", "--point", "app"],
+            "no app-consistent point",
+        ),
+        (vec!["plan", "continue", "shop"], "no unfinished run"),
+        (vec!["commit", "--plan", "shop"], "has not been failed over"),
+    ] {
+        let output = site.lifeboat(&arguments);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}: {stderr}");
+        assert!(stderr.contains(expected), "{arguments:?}: {stderr}");
+    }
+    // A run that failed its pre-flight checks did nothing and leaves the way free.
+    let output = site.lifeboat(&["failover", "--vm", "db1", "--to", "east", "--point", "app"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pre-flight checks failed"));
+    let one = site.ok(&[
+        "failover",
+        "--vm",
+        "db1",
+        "--to",
+        "east",
+        "--point",
+        "processed",
+    ]);
+    assert_eq!(one["plan"], "vm:db1");
+    assert_eq!(one["vms"][0]["region"], "east");
+}

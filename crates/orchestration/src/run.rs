@@ -189,10 +189,17 @@ impl RunRecord {
             .find(|run| run.plan == plan))
     }
 
-    /// The newest run of `plan` that has not succeeded, if any.
+    /// The newest run of `plan` that has not finished, if any: neither succeeded nor
+    /// abandoned, nor failed before doing anything (at its pre-flight checks).
     pub fn unfinished(state_directory: &Path, plan: &str) -> Result<Option<RunRecord>> {
-        Ok(Self::latest(state_directory, plan)?
-            .filter(|run| !matches!(run.state, RunState::Succeeded | RunState::Abandoned)))
+        Ok(Self::latest(state_directory, plan)?.filter(|run| {
+            let did_nothing = run.state == RunState::Failed
+                && run
+                    .steps
+                    .iter()
+                    .all(|s| s.action == Action::Preflight || s.state == StepState::Pending);
+            !did_nothing && !matches!(run.state, RunState::Succeeded | RunState::Abandoned)
+        }))
     }
 }
 
