@@ -275,6 +275,16 @@ pub struct ProtectArguments {
     /// `lifeboat status`).
     #[arg(long, default_value_t = 30.0)]
     pub rpo_threshold: f64,
+    /// Fence the VMs (refuse their writes) after this long without reaching the recovery
+    /// repository, as a failover there could have happened meanwhile (a failover waits out
+    /// the same lease). Without it, writes go on while cut off and only a failover's new
+    /// epoch fences them.
+    #[arg(long, value_parser = parse_duration)]
+    pub fence_lease: Option<u64>,
+    /// Take the VMs' newest epochs as this side's own (after a failback brought them back
+    /// here), lifting a fence for good.
+    #[arg(long)]
+    pub accept_epoch: bool,
 }
 
 #[derive(Debug, Args)]

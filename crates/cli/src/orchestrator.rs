@@ -24,7 +24,7 @@ use lifeboat_hypervisor::{
 };
 use lifeboat_orchestration::{Action, Executor, Operation, RunRecord, StepState};
 use lifeboat_replication::status::{GroupRecords, read_all};
-use lifeboat_repository::{Consistency, Manifest, Repository};
+use lifeboat_repository::{Claim, Consistency, EpochRecord, Manifest, Repository};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::GlobalOptions;
@@ -44,6 +44,8 @@ pub struct RunOptions {
 const PROCESSING_WAIT: Duration = Duration::from_secs(120);
 /// How long a planned failover waits for the last writes to arrive.
 const FINAL_SYNC_WAIT: Duration = Duration::from_secs(600);
+/// How long a failover waits for a live capture on the old side to fence the VM.
+const FENCE_WAIT: Duration = Duration::from_secs(60);
 
 pub struct PlanExecutor<'a> {
     pub global: &'a GlobalOptions,
@@ -75,7 +77,7 @@ impl Executor for PlanExecutor<'_> {
         let result = match action {
             Action::Preflight => self.preflight(run).map(|checks| checks.join("; ")),
             Action::StartVm { vm } => self.start_vm(run, vm),
-            Action::StopVm { vm } => self.stop_source(vm),
+            Action::StopVm { vm } => self.stop_source(run, vm),
             Action::FinalSync { vms } => self.final_sync(run, vms),
             Action::RemoveTestVm { vm } => self.remove_test_copy(vm),
             Action::CommitVm { vm } => self.commit(run, vm),
@@ -305,6 +307,13 @@ impl PlanExecutor<'_> {
         let vm = declared_vm(self.config, name)?;
         let region = self.config.region(&run.region)?;
         let repository = self.repository(&region.name)?;
+        // Fenced first, so that the latest point can hold the last write.
+        let (epoch, fence) = if test {
+            (0, None)
+        } else {
+            let epoch = self.claim_epoch(run, name)?;
+            (epoch, self.wait_for_fence(run, name)?)
+        };
         let (manifest, note) = if run.operation == Operation::PlannedFailover {
             // The final sync made sure the newest point holds the last write.
             (
@@ -396,15 +405,6 @@ impl PlanExecutor<'_> {
             } else {
                 &mut placements.vms
             };
-            let previous = entry.get(name).cloned().unwrap_or_default();
-            // A resumed run keeps the epoch it raised already.
-            let epoch = if test {
-                0
-            } else if previous.run.as_deref() == Some(run.id.as_str()) {
-                previous.epoch
-            } else {
-                previous.epoch + 1
-            };
             let placement = Placement {
                 region: region.name.clone(),
                 epoch,
@@ -433,26 +433,120 @@ impl PlanExecutor<'_> {
                 ""
             },
             started.elapsed().as_secs_f64(),
-            note.map(|n| format!(" ({n})")).unwrap_or_default(),
+            note.into_iter()
+                .chain(fence)
+                .map(|n| format!(" ({n})"))
+                .collect::<String>(),
             runtime.join("serial.log").display()
         ))
     }
 
-    /// Stops `name` where it runs as primary, if Lifeboat runs it there.
-    fn stop_source(&self, name: &str) -> anyhow::Result<String> {
+    /// Claims the VM's next epoch for `run` in the repository of the region it goes to
+    /// (the one its capture ships into, which fences it there) and, when reachable, in the
+    /// repository of the region it leaves. Idempotent for one run.
+    fn claim_epoch(&self, run: &RunRecord, name: &str) -> anyhow::Result<u64> {
         let vm = declared_vm(self.config, name)?;
+        let target = self.repository(&run.region)?;
+        let placements = Placements::load(&self.config.state_directory)?;
+        let current = target.current_epoch(name)?;
+        if let Some(record) = &current
+            && record.run == run.id
+        {
+            return Ok(record.epoch);
+        }
+        let placed = placements.vms.get(name).map_or(0, |p| p.epoch);
+        let record = EpochRecord {
+            vm: name.to_string(),
+            epoch: current.as_ref().map_or(0, |r| r.epoch).max(placed) + 1,
+            region: run.region.clone(),
+            run: run.id.clone(),
+            actor: run.actor.clone(),
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        if let Claim::Taken(holder) = target.claim_epoch(&record)? {
+            bail!(
+                "VM '{name}' was failed over meanwhile by run {} of {} (epoch {} in '{}'): at most one region runs it; see lifeboat audit",
+                holder.run,
+                holder.actor,
+                holder.epoch,
+                holder.region
+            );
+        }
+        let source = placements.region_of(name, &vm.region).to_string();
+        if source != run.region
+            && let Ok(repository) = self.repository(&source)
+        {
+            // Best effort: the region left may be down.
+            let _ = repository.claim_epoch(&record);
+        }
+        Ok(record.epoch)
+    }
+
+    /// Before `name` starts in `run`'s region: makes sure its capture on the old side no
+    /// longer accepts writes, or says what cannot be ruled out.
+    fn wait_for_fence(&self, run: &RunRecord, name: &str) -> anyhow::Result<Option<String>> {
+        let repository = self.repository(&run.region)?;
+        let deadline = Instant::now() + FENCE_WAIT;
+        loop {
+            let Some((group, records)) = replication_group(&repository, name)? else {
+                return Ok(None);
+            };
+            let Some(sender) = records.sender else {
+                return Ok(None);
+            };
+            if sender
+                .vms
+                .iter()
+                .any(|v| v.vm == name && v.fenced_at.is_some())
+            {
+                return Ok(Some(format!("its capture in group '{group}' is fenced")));
+            }
+            let seen =
+                lifeboat_replication::status::age_seconds(&sender.updated, chrono::Utc::now())
+                    .unwrap_or(f64::INFINITY);
+            // A capture that answers sees the new epoch at its next round.
+            let alive = seen < (3.0 * sender.interval_seconds).max(15.0);
+            match sender.fence_lease_seconds {
+                // Not heard of for its lease (and a round): it fenced itself, or it still
+                // reads epochs and sees the new one at that round.
+                Some(lease) if seen >= lease + sender.interval_seconds => {
+                    return Ok(Some(format!(
+                        "its capture in group '{group}' was last seen {seen:.0} s ago, beyond its fence lease of {lease:.0} s: it fenced itself"
+                    )));
+                }
+                None if !alive => {
+                    return Ok(Some(format!(
+                        "WARNING: its capture in group '{group}' was last seen {seen:.0} s ago and has no fence lease: it refuses writes only once it reaches this region again; make sure the old VM is stopped"
+                    )));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the capture of VM '{name}' (group '{group}', last seen {seen:.0} s ago) has not fenced it after {} s: stop the VM at the source, or wait for its fence lease",
+                    FENCE_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops `name` where it runs as primary, if Lifeboat runs it there, and fences it.
+    fn stop_source(&self, run: &RunRecord, name: &str) -> anyhow::Result<String> {
+        let vm = declared_vm(self.config, name)?;
+        let epoch = self.claim_epoch(run, name)?;
         let placements = Placements::load(&self.config.state_directory)?;
         let region = placements.region_of(name, &vm.region).to_string();
         let home = vm_home(self.config, name, &region, false);
         if !is_running_detached(&home.join("run")) {
             return Ok(format!(
-                "not run by Lifeboat in '{region}': stopped by its own hypervisor (the final sync takes what it wrote)"
+                "epoch {epoch} claimed: its capture in '{region}' refuses its writes from now on (a VM run by its own hypervisor is stopped there)"
             ));
         }
         let clean = stop_detached(&home.join("run"), Duration::from_secs(60))?;
         stop_home(&home)?;
         Ok(format!(
-            "stopped in '{region}'{}",
+            "stopped in '{region}'{}, epoch {epoch} claimed",
             if clean { "" } else { " (forced after 60 s)" }
         ))
     }
@@ -479,30 +573,48 @@ impl PlanExecutor<'_> {
                 groups.push(group);
             }
         }
+        let parse = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
         loop {
             let records = read_all(repository.storage().as_ref(), repository.crypto())?;
+            // Every write acknowledged before the VM was stopped and fenced must be in a
+            // point: the receiver has recovered past both moments.
             let behind: Vec<String> = groups
                 .iter()
                 .filter(|group| {
-                    let recovered = records
-                        .get(*group)
+                    let group_records = records.get(*group);
+                    let fenced = group_records.and_then(|r| r.sender.as_ref()).map(|sender| {
+                        sender
+                            .vms
+                            .iter()
+                            .filter(|v| vms.contains(&v.vm))
+                            .map(|v| v.fenced_at.as_deref().and_then(parse))
+                            .collect::<Option<Vec<_>>>()
+                    });
+                    let Some(Some(fenced)) = fenced else {
+                        return true;
+                    };
+                    let needed = fenced.into_iter().max().unwrap_or(stopped).max(stopped);
+                    let recovered = group_records
                         .and_then(|r| r.receiver.as_ref())
                         .and_then(|r| r.recovered_time.as_deref())
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                    recovered.is_none_or(|t| t.with_timezone(&chrono::Utc) < stopped)
+                        .and_then(parse);
+                    recovered.is_none_or(|t| t < needed)
                 })
                 .cloned()
                 .collect();
             if behind.is_empty() {
                 return Ok(format!(
-                    "group(s) {} hold every write up to the stop at {}",
-                    groups.join(", "),
-                    stopped.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    "group(s) {} hold every write made before the VMs were stopped and fenced",
+                    groups.join(", ")
                 ));
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "group(s) {} did not receive the last writes within {} s: check that lifeboat protect and lifeboat receive run (lifeboat status)",
+                    "group(s) {} did not fence and receive the last writes within {} s: check that lifeboat protect and lifeboat receive run (lifeboat status)",
                     behind.join(", "),
                     FINAL_SYNC_WAIT.as_secs()
                 );

@@ -359,3 +359,42 @@ fn a_full_recovery_repository_stalls_shipping_loses_nothing_and_resumes() {
     assert!(identical(&disk, &replicas.join("db1").join("disk.raw")));
     latest_point_matches(&harness, "db1", &[disk]);
 }
+
+#[test]
+fn a_capture_cut_off_beyond_its_fence_lease_refuses_writes_until_the_link_returns() {
+    let server = S3Server::start();
+    let proxy = LinkProxy::start(server.endpoint().trim_start_matches("http://"));
+    let harness = Harness::new();
+    let location = server.location("east");
+    let ok = harness
+        .command()
+        .envs(server.environment())
+        .args(["--repo", &location, "init"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let disk = raw_disk(&harness, "db1/disk.raw", "8M");
+    let vms = [("db1".to_string(), vec![disk.clone()])];
+    let protect = Protect::start_in(
+        &harness,
+        "shop",
+        &vms,
+        "0.3",
+        &["--fence-lease", "3s", "--repo", &location],
+        &through(&server, &proxy),
+    );
+    let mut client = protect.client("db1/disk.raw");
+    client.write(0, &noise(65536, 1), false).unwrap();
+    client.flush().unwrap();
+    proxy.cut();
+    wait_for_log(
+        &protect,
+        "VM 'db1' fenced: the recovery repository has not been reachable",
+    );
+    let refused = client.write(65536, &noise(4096, 2), false).unwrap_err();
+    assert!(refused.to_string().contains("fenced"), "{refused}");
+    proxy.restore();
+    wait_for_log(&protect, "VM 'db1' unfenced");
+    client.write(65536, &noise(4096, 3), false).unwrap();
+    client.flush().unwrap();
+}

@@ -8,11 +8,12 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use lifeboat_nbd::protocol::{EIO, ENOSPC};
+use lifeboat_nbd::protocol::{EIO, ENOSPC, EPERM};
 use lifeboat_nbd::{Export, ExportError};
 
 use crate::dirty::DirtyMap;
 use crate::error::Result;
+use crate::fence::Fence;
 use crate::image::DiskImage;
 use crate::journal::{DiskId, Journal, Payload};
 
@@ -22,6 +23,8 @@ pub struct CapturedDisk {
     image: Arc<dyn DiskImage>,
     journal: Arc<Mutex<Journal>>,
     dirty: Arc<DirtyMap>,
+    /// Once fenced (the VM failed over elsewhere), writes are refused.
+    fence: Arc<Fence>,
 }
 
 impl std::fmt::Debug for CapturedDisk {
@@ -44,18 +47,28 @@ fn export_error(path: &Path, operation: &str, offset: u64, error: std::io::Error
 }
 
 impl CapturedDisk {
-    /// Captures writes to `image` as disk `id` of the group, tracking them in `dirty`.
+    /// Captures writes to `image` as disk `id` of the group, tracking them in `dirty`, until
+    /// `fence` says the VM runs elsewhere.
     pub fn new(
         image: Arc<dyn DiskImage>,
         id: DiskId,
         journal: Arc<Mutex<Journal>>,
         dirty: Arc<DirtyMap>,
+        fence: Arc<Fence>,
     ) -> CapturedDisk {
         CapturedDisk {
             id,
             image,
             journal,
             dirty,
+            fence,
+        }
+    }
+
+    fn refused(&self) -> ExportError {
+        ExportError {
+            errno: EPERM,
+            message: self.fence.refusal(),
         }
     }
 
@@ -67,11 +80,14 @@ impl CapturedDisk {
         length: u64,
         write: impl FnOnce() -> Result<Payload, ExportError>,
     ) -> Result<(), ExportError> {
+        if self.fence.is_fenced() {
+            return Err(self.refused());
+        }
         self.dirty.begin(offset, length).map_err(|e| ExportError {
             errno: EIO,
             message: format!("write to {} at {offset}: {e}", self.image.path().display()),
         })?;
-        let result = write().map(|payload| self.record(offset, length, payload));
+        let result = write().and_then(|payload| self.record(offset, length, payload));
         self.dirty.end(offset, length);
         result
     }
@@ -82,11 +98,18 @@ impl CapturedDisk {
             .map_err(|e| export_error(self.image.path(), "flush", offset, e))
     }
 
-    fn record(&self, offset: u64, length: u64, payload: Payload) {
-        self.journal
+    /// Journals a write, unless the VM was fenced meanwhile (checked under the journal's
+    /// lock, which the fence is set under: nothing is journaled after the fence).
+    fn record(&self, offset: u64, length: u64, payload: Payload) -> Result<(), ExportError> {
+        let mut journal = self
+            .journal
             .lock()
-            .expect("the journal lock is never poisoned: recording cannot panic")
-            .record(self.id, offset, length, payload);
+            .expect("the journal lock is never poisoned: recording cannot panic");
+        if self.fence.is_fenced() {
+            return Err(self.refused());
+        }
+        journal.record(self.id, offset, length, payload);
+        Ok(())
     }
 }
 

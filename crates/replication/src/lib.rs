@@ -32,6 +32,7 @@ pub mod capture;
 pub mod cut;
 pub mod dirty;
 pub mod error;
+pub mod fence;
 pub mod image;
 pub mod journal;
 pub mod quiesce;

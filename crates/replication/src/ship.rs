@@ -18,6 +18,7 @@ use lifeboat_repository::{ObjectKind, Repository};
 use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
 use crate::dirty::DirtyMap;
 use crate::error::{Result, io};
+use crate::fence::Fences;
 use crate::image::DiskImage;
 use crate::journal::{Cut, Journal, JournalStatus};
 use crate::quiesce::Quiesce;
@@ -122,6 +123,8 @@ pub struct Sender {
     dirty: Vec<Vec<Arc<DirtyMap>>>,
     /// Cuts committed by this sender: which dirty map the next commit clears.
     commits: Mutex<u64>,
+    /// The VMs' fences, when epochs are watched.
+    fences: Option<Arc<Fences>>,
 }
 
 impl Sender {
@@ -162,7 +165,22 @@ impl Sender {
             started: Instant::now(),
             dirty,
             commits: Mutex::new(0),
+            fences: None,
         })
+    }
+
+    /// Watches the VMs' epochs through `fences` (in the order of the VMs).
+    pub fn with_fences(mut self, fences: Arc<Fences>) -> Sender {
+        self.fences = Some(fences);
+        self
+    }
+
+    /// Looks for failovers of the group's VMs; returns what changed, in words.
+    pub fn check_fences(&self) -> Vec<String> {
+        self.fences
+            .as_ref()
+            .map(|fences| fences.check(&self.repository))
+            .unwrap_or_default()
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
@@ -251,7 +269,10 @@ impl Sender {
                 .enumerate()
                 .map(|(index, vm)| {
                     let c = counters.get(&index).copied().unwrap_or_default();
+                    let fenced = self.fences.as_ref().and_then(|f| f.of(index).state());
                     VmSending {
+                        fenced_at: fenced.as_ref().map(|f| f.at.clone()),
+                        fenced_because: fenced.map(|f| f.reason),
                         vm: vm.name.clone(),
                         pending_writes: c.pending_writes,
                         pending_bytes: c.pending_bytes,
@@ -275,6 +296,11 @@ impl Sender {
                 ship_bytes_per_second: rate(shipped, first.shipped),
                 vms,
                 error,
+                fence_lease_seconds: self
+                    .fences
+                    .as_ref()
+                    .and_then(|f| f.lease())
+                    .map(|lease| lease.as_secs_f64()),
             }
         };
         status::write_sender(

@@ -30,6 +30,12 @@ pub struct VmSending {
     pub pending_bytes: u64,
     /// Bytes written per second over the last minute.
     pub write_bytes_per_second: f64,
+    /// Since when the VM's writes are refused here (it failed over, or the capture is cut
+    /// off beyond its lease), and why.
+    #[serde(default)]
+    pub fenced_at: Option<String>,
+    #[serde(default)]
+    pub fenced_because: Option<String>,
 }
 
 /// The sender's record.
@@ -54,6 +60,10 @@ pub struct SenderRecord {
     pub vms: Vec<VmSending>,
     /// The last shipping error, while it lasts.
     pub error: Option<String>,
+    /// The capture fences its VMs itself after this long without reaching the recovery
+    /// repository; a failover waits that long after the sender was last seen.
+    #[serde(default)]
+    pub fence_lease_seconds: Option<f64>,
 }
 
 /// A VM's newest point in the recovery region.
@@ -204,6 +214,9 @@ pub struct VmStatus {
     pub pending_writes: Option<u64>,
     pub pending_bytes: Option<u64>,
     pub write_bytes_per_second: Option<f64>,
+    /// Since when the protected side refuses the VM's writes (it failed over), and why.
+    pub fenced_at: Option<String>,
+    pub fenced_because: Option<String>,
 }
 
 /// The threshold when no sender has said which: 30 s.
@@ -256,6 +269,8 @@ pub fn group_status(
                 pending_writes: sending.map(|s| s.pending_writes),
                 pending_bytes: sending.map(|s| s.pending_bytes),
                 write_bytes_per_second: sending.map(|s| s.write_bytes_per_second),
+                fenced_at: sending.and_then(|s| s.fenced_at.clone()),
+                fenced_because: sending.and_then(|s| s.fenced_because.clone()),
                 vm,
             }
         })
@@ -310,6 +325,7 @@ mod tests {
                         pending_writes: 3,
                         pending_bytes: 12288,
                         write_bytes_per_second: 1e6,
+                        ..VmSending::default()
                     },
                     VmSending {
                         vm: "web1".into(),

@@ -42,11 +42,13 @@ pub enum ObjectKind {
     Cut,
     /// The latest status of each replication sender and receiver, replaced as they run.
     ReplicationStatus,
+    /// Failover epochs of VMs, each claimed once: the fencing tokens.
+    Epoch,
 }
 
 impl ObjectKind {
     /// Every kind, for listing a whole repository.
-    pub const ALL: [ObjectKind; 12] = [
+    pub const ALL: [ObjectKind; 13] = [
         ObjectKind::Config,
         ObjectKind::Key,
         ObjectKind::Pack,
@@ -59,6 +61,7 @@ impl ObjectKind {
         ObjectKind::GeoStatus,
         ObjectKind::Cut,
         ObjectKind::ReplicationStatus,
+        ObjectKind::Epoch,
     ];
 
     /// The directory (or key prefix) of this kind inside the repository.
@@ -76,6 +79,7 @@ impl ObjectKind {
             ObjectKind::GeoStatus => "geo-status",
             ObjectKind::Cut => "cuts",
             ObjectKind::ReplicationStatus => "replication",
+            ObjectKind::Epoch => "epochs",
         }
     }
 
@@ -101,6 +105,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::GeoStatus => "geo copy status",
             ObjectKind::Cut => "replication cut",
             ObjectKind::ReplicationStatus => "replication status",
+            ObjectKind::Epoch => "epoch record",
         };
         f.write_str(name)
     }

@@ -12,6 +12,7 @@ use lifeboat_nbd::Server;
 use lifeboat_replication::capture::CapturedDisk;
 use lifeboat_replication::cut::{DiskLayout, VmLayout};
 use lifeboat_replication::dirty::DirtyMap;
+use lifeboat_replication::fence::Fences;
 use lifeboat_replication::image::DiskImage;
 use lifeboat_replication::journal::{DiskId, Journal};
 use lifeboat_replication::quiesce::{Hook, Quiesce};
@@ -49,6 +50,41 @@ fn dirty_map_path(arguments: &ProtectArguments, image: &Path, vm: &str, disk: &s
             PathBuf::from(name)
         }
     }
+}
+
+/// The epoch a VM runs under on this side, kept beside its first disk's dirty map so a
+/// restarted capture still knows a failover that happened while it was down: read from
+/// there, else (first start, or `--accept-epoch`) the newest in the recovery repository,
+/// then kept.
+fn base_epoch(
+    arguments: &ProtectArguments,
+    repository: &lifeboat_repository::Repository,
+    vm: &str,
+    dirty_map: &Path,
+) -> anyhow::Result<u64> {
+    let mut name = dirty_map.as_os_str().to_owned();
+    name.push(".epoch");
+    let path = PathBuf::from(name);
+    if !arguments.accept_epoch
+        && let Ok(text) = std::fs::read_to_string(&path)
+    {
+        return text.trim().parse().with_context(|| {
+            format!(
+                "{} does not hold an epoch; remove it and start with --accept-epoch",
+                path.display()
+            )
+        });
+    }
+    let epoch = repository
+        .current_epoch(vm)?
+        .map_or(0, |record| record.epoch);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(&path, epoch.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(epoch)
 }
 
 fn file_name(path: &Path) -> anyhow::Result<String> {
@@ -105,12 +141,28 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
     let mut dirty_maps = Vec::new();
     let mut maps = Vec::new();
     let mut opened = Vec::new();
-    for (vm_number, text) in arguments.vms.iter().enumerate() {
+    let mut parsed = Vec::new();
+    let mut epochs = Vec::new();
+    for text in &arguments.vms {
         let (name, disks) = parse_vm(text)?;
         if names.contains(&name) {
             bail!("VM '{name}' is given twice");
         }
         names.push(name.clone());
+        let first = disks.first().context("a VM needs a disk")?;
+        let map = dirty_map_path(arguments, first, &name, &file_name(first)?);
+        epochs.push((
+            name.clone(),
+            base_epoch(arguments, &repository, &name, &map)?,
+        ));
+        parsed.push((name, disks));
+    }
+    let fences = Arc::new(Fences::new(
+        epochs,
+        Arc::clone(&journal),
+        arguments.fence_lease.map(Duration::from_secs),
+    ));
+    for (vm_number, (name, disks)) in parsed.into_iter().enumerate() {
         let mut layout = VmLayout {
             name: name.clone(),
             disks: Vec::new(),
@@ -144,6 +196,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
                 id,
                 Arc::clone(&journal),
                 Arc::clone(&map),
+                fences.of(vm_number),
             );
             // What to send first: after a restart, what the dirty map holds; else the
             // initial sync, every allocated range. Read from the image while writes go on.
@@ -199,7 +252,8 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             coalesce: !arguments.ship_every_write,
             ..SenderOptions::default()
         },
-    )?;
+    )?
+    .with_fences(Arc::clone(&fences));
     let server = Arc::new(server);
     if let Some(address) = &arguments.listen {
         let listener =
@@ -238,6 +292,9 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             .filter(|_| quiesced.is_none_or(|at| at.elapsed() >= every));
         if quiesce.is_some() {
             quiesced = Some(Instant::now());
+        }
+        for change in sender.check_fences() {
+            eprintln!("group '{}': {change}", arguments.group);
         }
         match sender.ship_quiesced(quiesce.map(|hook| hook as &dyn Quiesce)) {
             Ok(report) => {
