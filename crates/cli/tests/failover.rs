@@ -1,5 +1,8 @@
-//! Failover of a VM to another region: a real Linux guest (scripts/make-guest.sh) started
-//! from a recovery point of that region's repository, and its DNS name following.
+//! The end to end run of a recovery plan: a real Linux guest (scripts/make-guest.sh, built
+//! from Debian packages) protected by continuous replication, a marker written through the
+//! capture's export, the primary region cut off, an unplanned failover of the plan to the
+//! recovery region, and the guest booting there with the marker while `dig` sees its name
+//! move.
 
 mod common;
 
@@ -8,19 +11,21 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use common::replication::dns_server;
+use common::replication::{Protect, dns_server, follow, raw_disk, status_until};
 use serde_json::Value;
 
-/// Stops VM web1 when dropped, so a failing test leaves no VM running.
+/// Stops the plan's VMs when dropped, so a failing test leaves none running.
 struct StopOnDrop<'a>(&'a Harness, &'a Path);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .0
-            .configured(self.1)
-            .args(["vm", "stop", "--vm", "web1", "--grace", "0"])
-            .output();
+        for vm in ["db1", "web1"] {
+            let _ = self
+                .0
+                .configured(self.1)
+                .args(["vm", "stop", "--vm", vm, "--grace", "0"])
+                .output();
+        }
     }
 }
 
@@ -33,11 +38,43 @@ fn dig(port: u16, name: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// The byte offset of the first data block of `file` in the ext4 image `image`.
+fn file_offset(image: &Path, file: &str) -> u64 {
+    let output = Command::new("debugfs")
+        .args(["-R", &format!("bmap {file} 0")])
+        .arg(image)
+        .output()
+        .unwrap();
+    let block: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("debugfs: {}", String::from_utf8_lossy(&output.stderr)));
+    block * 4096
+}
+
 #[test]
-fn a_vm_fails_over_to_a_point_in_the_other_region_and_its_name_follows() {
-    let harness = Harness::uninitialised();
+fn a_protected_plan_fails_over_when_its_region_is_cut_off_and_the_guest_boots_with_its_last_write()
+{
+    let harness = Harness::new();
     let (kernel, initrd) =
         lifeboat_testing::guest_kit(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest"));
+    // web1's root filesystem holds a marker the guest prints when it boots.
+    let files = harness.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("marker"), "order-0000-none\n").unwrap();
+    let root = harness.path("web1-root.raw");
+    assert!(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-d"])
+            .arg(&files)
+            .arg(&root)
+            .arg("32M")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let marker_offset = file_offset(&root, "/marker");
+    let db = raw_disk(&harness, "db1.raw", "4M");
     let config = harness.path("lifeboat.toml");
     std::fs::write(
         &config,
@@ -56,62 +93,86 @@ pair = "east"
 name = "east"
 repository = "{east}"
 pair = "west"
+network = "user"
+
+[[vm]]
+name = "db1"
+region = "west"
+memory_mib = 32
+disks = ["{db}"]
+dns = ["db1.shop.example"]
+addresses = {{ west = "10.0.1.4", east = "10.1.1.4" }}
 
 [[vm]]
 name = "web1"
 region = "west"
 memory_mib = 256
-disks = ["{west}/../web1-root.raw"]
+disks = ["{root}"]
 kernel = "{kernel}"
 initrd = "{initrd}"
 append = "console=ttyS0 quiet panic=-1"
 dns = ["web1.shop.example"]
 addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
+
+[[plan]]
+name = "shop"
+groups = [["db1"], ["web1"]]
+max_point_age_seconds = 600
 "#,
             west = harness.path("west").display(),
-            east = harness.path("east").display(),
+            east = harness.repository.display(),
+            db = db.display(),
+            root = root.display(),
             kernel = kernel.display(),
             initrd = initrd.display(),
         ),
     )
     .unwrap();
-    // web1's disk, with data written before the disaster, has a point in east (as
-    // replication or geo-sync would have put it there).
-    let files = harness.path("files");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("marker"), "order-4711-paid\n").unwrap();
-    let root = harness.path("web1-root.raw");
-    assert!(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&files)
-            .arg(&root)
-            .arg("32M")
-            .status()
-            .unwrap()
-            .success()
+
+    // Protected: every write to db1 and web1 replicates to east.
+    let vms = vec![
+        ("db1".to_string(), vec![db]),
+        ("web1".to_string(), vec![root.clone()]),
+    ];
+    let protect = Protect::start(&harness, "shop", &vms, "0.5");
+    let (_receiver, _) = follow(&harness, "shop", &harness.path("replicas"), &[]);
+    // The order is paid: the marker is rewritten through the export, as the guest would.
+    let mut block = vec![0u8; 4096];
+    block[..16].copy_from_slice(b"order-4711-paid\n");
+    let block_file = harness.path("block");
+    std::fs::write(&block_file, &block).unwrap();
+    protect.qemu_io(
+        "web1/web1-root.raw",
+        &[
+            &format!("write -s {} {marker_offset} 4096", block_file.display()),
+            "flush",
+        ],
     );
-    let east = || harness.in_region(&config, "east");
-    assert!(east().arg("init").output().unwrap().status.success());
-    let backup = east()
-        .args(["backup", "--vm", "web1"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
+    let written = chrono::Utc::now();
+    status_until(&harness, "shop", |status| {
+        status["recovered_time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t > written)
+    });
 
     let (_server, port, _) = dns_server(&harness, &config);
     assert_eq!(dig(port, "web1.shop.example"), "10.0.1.5");
-
+    // West is cut off: its capture is gone.
+    drop(protect);
     let _stop = StopOnDrop(&harness, &config);
-    // West is lost: web1 fails over to east.
+    let started = Instant::now();
     let output = harness
         .configured(&config)
-        .args(["--json", "failover", "--vm", "web1", "--to", "east"])
+        .args([
+            "--json",
+            "failover",
+            "--plan",
+            "shop",
+            "--to",
+            "east",
+            "--instant",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -120,96 +181,59 @@ addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["region"], "east");
-    assert_eq!(report["epoch"], 1);
-    assert_eq!(report["status"], "running");
-    // The guest booted in east and sees the data.
-    let serial = PathBuf::from(report["serial_log"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(120);
+    assert_eq!(report["state"], "succeeded");
+    let web1 = report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vm"] == "web1")
+        .unwrap()
+        .clone();
+    assert_eq!(web1["region"], "east");
+    assert_eq!(web1["epoch"], 1);
+    assert_eq!(web1["instant"], true);
+    // The guest booted in east and shows the last write made before the cut.
+    let serial = PathBuf::from(web1["serial_log"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let console = std::fs::read_to_string(&serial).unwrap_or_default();
         if console.contains("LIFEBOAT-MARKER: order-4711-paid") {
             break;
         }
         assert!(
+            !console.contains("LIFEBOAT-MARKER: order-0000-none"),
+            "the guest booted without the last write:\n{console}"
+        );
+        assert!(
             Instant::now() < deadline,
             "the guest never showed its data:\n{console}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Its name follows.
-    let moved = Instant::now();
-    while dig(port, "web1.shop.example") != "10.1.1.5" {
-        assert!(
-            moved.elapsed() < Duration::from_secs(10),
-            "the name did not follow"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    // The names follow.
+    for (name, address) in [
+        ("db1.shop.example", "10.1.1.4"),
+        ("web1.shop.example", "10.1.1.5"),
+    ] {
+        while dig(port, name) != address {
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "{name} did not follow"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    let stopped = harness
+    // Commit: the instant disks are copied whole and stand alone; the export is gone.
+    let commit = harness
         .configured(&config)
-        .args(["--json", "vm", "stop", "--vm", "web1", "--grace", "1"])
+        .args(["--json", "commit", "--plan", "shop"])
         .output()
         .unwrap();
     assert!(
-        stopped.status.success(),
+        commit.status.success(),
         "{}",
-        String::from_utf8_lossy(&stopped.stderr)
+        String::from_utf8_lossy(&commit.stderr)
     );
-    // A second failover raises the epoch again.
-    let again = harness
-        .configured(&config)
-        .args(["--json", "failover", "--vm", "web1", "--to", "east"])
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(again["epoch"], 2);
-    harness
-        .configured(&config)
-        .args(["vm", "stop", "--vm", "web1", "--grace", "1"])
-        .output()
-        .unwrap();
-
-    // Instantly: running from the point's export at once, disks copied in the background;
-    // when the command returns, the disk stands alone and the export is gone.
-    let instant = harness
-        .configured(&config)
-        .args([
-            "--json",
-            "failover",
-            "--vm",
-            "web1",
-            "--to",
-            "east",
-            "--instant",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        instant.status.success(),
-        "{}",
-        String::from_utf8_lossy(&instant.stderr)
-    );
-    let instant: Value = serde_json::from_slice(&instant.stdout).unwrap();
-    assert_eq!(instant["instant"], true);
-    assert_eq!(instant["epoch"], 3);
-    let serial = PathBuf::from(instant["serial_log"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&serial)
-        .unwrap_or_default()
-        .contains("LIFEBOAT-MARKER: order-4711-paid")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the instant guest never showed its data"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let home = serial.parent().unwrap().parent().unwrap();
     let overlay = home.join("disks").join("web1-root.raw.overlay.qcow2");
     let info = Command::new("qemu-img")
@@ -223,7 +247,7 @@ addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
         std::os::unix::net::UnixStream::connect(home.join("export.sock")).is_err(),
         "the export stopped once the disks were copied"
     );
-    // Stopped (qemu writes back its metadata), the disk is the point's.
+    // Stopped (qemu writes back its metadata), the disk is the source's last state.
     let stopped = harness
         .configured(&config)
         .args(["vm", "stop", "--vm", "web1", "--grace", "1"])
@@ -236,7 +260,31 @@ addresses = {{ west = "10.0.1.5", east = "10.1.1.5" }}
         .arg(&root)
         .status()
         .unwrap();
-    assert!(check.success(), "the hydrated disk holds the point");
+    assert!(check.success(), "the hydrated disk holds the last point");
+    // Every step is on record.
+    let audit = harness
+        .configured(&config)
+        .args(["--json", "audit", "--plan", "shop"])
+        .output()
+        .unwrap();
+    let audit: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let done: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "done")
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        done,
+        [
+            "pre-flight checks",
+            "start db1",
+            "start web1",
+            "commit db1",
+            "commit web1"
+        ]
+    );
 }
 
 #[test]
