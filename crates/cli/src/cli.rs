@@ -87,6 +87,13 @@ pub enum Command {
     /// Make a failover final: the VMs keep their disks (waits for instant disks to be
     /// copied) and no other point can be chosen.
     Commit(TargetArguments),
+    /// Replicate failed-over VMs back to their home region: each restarts once on a
+    /// capture that ships its writes home (the receiver there, started first with
+    /// --digest, makes the first sync send only blocks that differ).
+    Reprotect(ReprotectArguments),
+    /// Bring reprotected VMs home: a planned failover to their home region (stop, fence,
+    /// final sync, start there), no data lost.
+    Failback(FailbackArguments),
     /// Runs of recovery plans: continue one after a manual step or an interruption, show
     /// them.
     #[command(subcommand)]
@@ -114,6 +121,27 @@ pub struct Target {
 pub struct TargetArguments {
     #[command(flatten)]
     pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct FailbackArguments {
+    #[command(flatten)]
+    pub target: Target,
+    /// Start at once from the home region's newest points, disks copied in the background.
+    #[arg(long)]
+    pub instant: bool,
+    /// Seconds a guest gets to power off by itself before it is stopped hard.
+    #[arg(long, default_value_t = 60)]
+    pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReprotectArguments {
+    #[command(flatten)]
+    pub target: Target,
+    /// Seconds a guest gets to power off by itself before it is stopped hard.
+    #[arg(long, default_value_t = 60)]
+    pub grace: u64,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +176,10 @@ pub struct FailoverArguments {
     /// Run the pre-flight checks and print the steps, without doing them.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --planned: seconds a guest gets to power off by itself before it is stopped
+    /// hard.
+    #[arg(long, default_value_t = 60)]
+    pub grace: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +351,11 @@ pub struct ReceiveArguments {
     /// Keep every point: never thin the history.
     #[arg(long)]
     pub keep_all: bool,
+    /// First publish a digest of the replicas already in --replicas (`VM/DISK` files, e.g.
+    /// the old primary's disks after a failover), so that the capture sends only the
+    /// blocks that differ from them.
+    #[arg(long)]
+    pub digest: bool,
 }
 
 #[derive(Debug, Args)]

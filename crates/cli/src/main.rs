@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         Command::Failover(arguments) => commands::failover::run(&cli.global, arguments),
         Command::Cleanup(arguments) => commands::failover::cleanup(&cli.global, arguments),
         Command::Commit(arguments) => commands::failover::commit(&cli.global, arguments),
+        Command::Reprotect(arguments) => commands::failover::reprotect(&cli.global, arguments),
+        Command::Failback(arguments) => commands::failover::failback(&cli.global, arguments),
         Command::Plan(command) => commands::failover::plan(&cli.global, command),
         Command::Audit(arguments) => commands::failover::audit(&cli.global, arguments),
         Command::Vm(VmCommand::Stop(arguments)) => commands::failover::stop(&cli.global, arguments),

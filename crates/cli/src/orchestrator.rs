@@ -38,6 +38,13 @@ pub struct RunOptions {
     pub point: String,
     pub at: Option<chrono::DateTime<chrono::Utc>>,
     pub instant: bool,
+    /// Seconds a guest gets to power off by itself when Lifeboat stops it.
+    #[serde(default = "default_grace")]
+    pub grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    60
 }
 
 /// How long `--point latest` waits for the recovery region to process what it received.
@@ -81,6 +88,9 @@ impl Executor for PlanExecutor<'_> {
             Action::FinalSync { vms } => self.final_sync(run, vms),
             Action::RemoveTestVm { vm } => self.remove_test_copy(vm),
             Action::CommitVm { vm } => self.commit(run, vm),
+            Action::HaltVm { vm } => self.halt(run, vm),
+            Action::StartCapture { vms } => self.start_capture(run, vms),
+            Action::StopCapture { vms } => self.stop_capture(vms),
             Action::Script { .. } | Action::Manual { .. } => {
                 Err(anyhow::anyhow!("the runner does this step itself"))
             }
@@ -167,6 +177,9 @@ impl PlanExecutor<'_> {
 
     /// Checks everything the run needs, all of it, and says what failed.
     pub fn preflight(&self, run: &RunRecord) -> anyhow::Result<Vec<String>> {
+        if run.operation == Operation::Reprotect {
+            return self.preflight_reprotect(run);
+        }
         let mut passed = Vec::new();
         let mut failed = Vec::new();
         let region = self.config.region(&run.region)?;
@@ -302,6 +315,9 @@ impl PlanExecutor<'_> {
     }
 
     fn start_vm(&self, run: &RunRecord, name: &str) -> anyhow::Result<String> {
+        if run.operation == Operation::Reprotect {
+            return self.start_on_capture(run, name);
+        }
         let started = Instant::now();
         let test = run.operation == Operation::TestFailover;
         let vm = declared_vm(self.config, name)?;
@@ -351,6 +367,7 @@ impl PlanExecutor<'_> {
                 disks.push(DiskSpec {
                     path: overlay,
                     format: "qcow2".to_string(),
+                    export: None,
                 });
             }
             disks
@@ -370,10 +387,12 @@ impl PlanExecutor<'_> {
             .map(|disk| DiskSpec {
                 path: disk.path.clone().into(),
                 format: Format::from_name(&disk.format).qemu_name().to_string(),
+                export: None,
             })
             .collect()
         };
         let disk_count = disks.len();
+        let disk_files: Vec<PathBuf> = disks.iter().map(|d| d.path.clone()).collect();
         let spec = VmSpec {
             name: vm.name.clone(),
             vcpus: vm.vcpus,
@@ -413,6 +432,8 @@ impl PlanExecutor<'_> {
                 run: Some(run.id.clone()),
                 instant: self.options.instant,
                 committed: false,
+                disks: disk_files,
+                capture: None,
             };
             entry.insert(name.to_string(), placement.clone());
             placement
@@ -543,11 +564,16 @@ impl PlanExecutor<'_> {
                 "epoch {epoch} claimed: its capture in '{region}' refuses its writes from now on (a VM run by its own hypervisor is stopped there)"
             ));
         }
-        let clean = stop_detached(&home.join("run"), Duration::from_secs(60))?;
+        let grace = self.options.grace_seconds;
+        let clean = stop_detached(&home.join("run"), Duration::from_secs(grace))?;
         stop_home(&home)?;
         Ok(format!(
             "stopped in '{region}'{}, epoch {epoch} claimed",
-            if clean { "" } else { " (forced after 60 s)" }
+            if clean {
+                String::new()
+            } else {
+                format!(" (forced after {grace} s)")
+            }
         ))
     }
 
@@ -671,6 +697,258 @@ impl PlanExecutor<'_> {
         Ok(format!(
             "committed in '{}' at epoch {}",
             run.region, placement.epoch
+        ))
+    }
+}
+
+impl PlanExecutor<'_> {
+    /// The capture group that replicates `plan`'s VMs home after a reprotect.
+    pub fn capture_group(&self) -> String {
+        format!("reprotect-{}", self.plan.name.replace(':', "-"))
+    }
+
+    fn capture_directory(&self, group: &str) -> PathBuf {
+        self.config.state_directory.join("captures").join(group)
+    }
+
+    /// The home region of every VM of the plan (one: a capture ships to one repository).
+    pub fn home_region(&self) -> anyhow::Result<String> {
+        let mut homes: Vec<&str> = Vec::new();
+        for name in self.plan.groups.iter().flatten() {
+            let vm = declared_vm(self.config, name)?;
+            if !homes.contains(&vm.region.as_str()) {
+                homes.push(&vm.region);
+            }
+        }
+        match homes.as_slice() {
+            [home] => Ok(home.to_string()),
+            _ => bail!(
+                "the VMs of plan '{}' come from several regions ({}): reprotect and fail back one region's VMs at a time",
+                self.plan.name,
+                homes.join(", ")
+            ),
+        }
+    }
+
+    fn preflight_reprotect(&self, run: &RunRecord) -> anyhow::Result<Vec<String>> {
+        let home = self.home_region()?;
+        let mut passed = Vec::new();
+        let mut failed = Vec::new();
+        if home == run.region {
+            bail!(
+                "the VMs of plan '{}' run in their home region '{home}' already",
+                self.plan.name
+            );
+        }
+        match self.repository(&home) {
+            Ok(repository) => {
+                let digest = lifeboat_replication::digest::read(
+                    repository.storage().as_ref(),
+                    repository.crypto(),
+                    &self.capture_group(),
+                )?;
+                passed.push(match digest {
+                    Some(disks) => format!(
+                        "the receiver in '{home}' published a digest of {} replica disk(s): only blocks that differ are sent",
+                        disks.len()
+                    ),
+                    None => format!(
+                        "no replica digest in '{home}' yet: the first sync sends every allocated block (start the receiver there first with --digest to send only what differs)"
+                    ),
+                });
+            }
+            Err(error) => failed.push(format!("the repository of region '{home}': {error:#}")),
+        }
+        let placements = Placements::load(&self.config.state_directory)?;
+        for name in self.plan.groups.iter().flatten() {
+            let Some(placement) = placements.vms.get(name).filter(|p| p.region == run.region)
+            else {
+                failed.push(format!(
+                    "VM '{name}' was not failed over to '{}'",
+                    run.region
+                ));
+                continue;
+            };
+            let home_directory = vm_home(self.config, name, &run.region, false);
+            if placement.instant && !home_directory.join("hydrated").exists() {
+                failed.push(format!(
+                    "VM '{name}' still reads from its point's export: run lifeboat commit first"
+                ));
+            } else if placement.disks.is_empty() || placement.disks.iter().any(|d| !d.exists()) {
+                failed.push(format!(
+                    "VM '{name}': its disks in {} are missing",
+                    home_directory.display()
+                ));
+            } else {
+                passed.push(format!(
+                    "{name}: {} disk(s) to capture",
+                    placement.disks.len()
+                ));
+            }
+        }
+        if failed.is_empty() {
+            Ok(passed)
+        } else {
+            bail!("pre-flight checks failed: {}", failed.join("; "))
+        }
+    }
+
+    /// Stops `name` where it runs, keeping its placement.
+    fn halt(&self, run: &RunRecord, name: &str) -> anyhow::Result<String> {
+        let home = vm_home(self.config, name, &run.region, false);
+        let grace = self.options.grace_seconds;
+        let clean = stop_detached(&home.join("run"), Duration::from_secs(grace))?;
+        Ok(format!(
+            "stopped{}",
+            if clean {
+                String::new()
+            } else {
+                format!(" (forced after {grace} s)")
+            }
+        ))
+    }
+
+    /// Starts `lifeboat protect` over the VMs' disks here, shipping to their home region.
+    fn start_capture(&self, run: &RunRecord, vms: &[String]) -> anyhow::Result<String> {
+        let home = self.home_region()?;
+        let group = self.capture_group();
+        let directory = self.capture_directory(&group);
+        std::fs::create_dir_all(&directory)
+            .with_context(|| format!("cannot create {}", directory.display()))?;
+        kill_recorded(&directory.join("protect.pid"));
+        let placements = Placements::load(&self.config.state_directory)?;
+        let socket = directory.join("capture.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut command = detached_lifeboat(
+            self.global.password_file.as_deref(),
+            &directory.join("protect.log"),
+        )?;
+        command
+            .arg("--config")
+            .arg(&self.config.path)
+            .args(["--region", &home, "protect", "--group", &group, "--socket"])
+            .arg(&socket)
+            .arg("--state")
+            .arg(directory.join("state"));
+        for name in vms {
+            let placement = placements
+                .vms
+                .get(name)
+                .with_context(|| format!("VM '{name}' has no placement"))?;
+            let disks: Vec<String> = placement
+                .disks
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            command
+                .arg("--vm")
+                .arg(format!("{name}={}", disks.join(",")));
+        }
+        let mut child = command.spawn().context("cannot start lifeboat protect")?;
+        std::fs::write(directory.join("protect.pid"), child.id().to_string())
+            .with_context(|| format!("cannot write {}", directory.join("protect.pid").display()))?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "lifeboat protect stopped ({status}): {}",
+                    std::fs::read_to_string(directory.join("protect.log"))
+                        .unwrap_or_default()
+                        .trim()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("lifeboat protect did not serve the disks within 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Placements::update(&self.config.state_directory, |placements| {
+            for name in vms {
+                if let Some(p) = placements.vms.get_mut(name) {
+                    p.capture = Some(group.clone());
+                }
+            }
+        })?;
+        Ok(format!(
+            "group '{group}' ships from '{}' to '{home}' (log {}); in '{home}' run: lifeboat --region {home} receive --group {group} --replicas DIR --follow",
+            run.region,
+            directory.join("protect.log").display()
+        ))
+    }
+
+    /// Stops the capture that served `vms` where they ran (after a failback took them).
+    fn stop_capture(&self, vms: &[String]) -> anyhow::Result<String> {
+        let placements = Placements::load(&self.config.state_directory)?;
+        let mut stopped = Vec::new();
+        for group in vms
+            .iter()
+            .filter_map(|vm| placements.vms.get(vm)?.capture.clone())
+        {
+            if stopped.contains(&group) {
+                continue;
+            }
+            kill_recorded(&self.capture_directory(&group).join("protect.pid"));
+            stopped.push(group);
+        }
+        Ok(if stopped.is_empty() {
+            "no capture run by Lifeboat".to_string()
+        } else {
+            format!("stopped {}", stopped.join(", "))
+        })
+    }
+
+    /// Starts `name` again where it runs, on the capture's exports of its disks.
+    fn start_on_capture(&self, run: &RunRecord, name: &str) -> anyhow::Result<String> {
+        let vm = declared_vm(self.config, name)?;
+        let region = self.config.region(&run.region)?;
+        let placements = Placements::load(&self.config.state_directory)?;
+        let placement = placements
+            .vms
+            .get(name)
+            .with_context(|| format!("VM '{name}' has no placement"))?;
+        let group = placement
+            .capture
+            .clone()
+            .with_context(|| format!("VM '{name}' has no capture"))?;
+        let socket = self.capture_directory(&group).join("capture.sock");
+        let home = vm_home(self.config, name, &region.name, false);
+        stop_detached(&home.join("run"), Duration::from_secs(5))?;
+        let disks = placement
+            .disks
+            .iter()
+            .map(|disk| -> anyhow::Result<DiskSpec> {
+                let file = disk
+                    .file_name()
+                    .with_context(|| format!("{} is not a file", disk.display()))?
+                    .to_string_lossy()
+                    .into_owned();
+                Ok(DiskSpec {
+                    path: socket.clone(),
+                    format: "raw".to_string(),
+                    export: Some(format!("{name}/{file}")),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let spec = VmSpec {
+            name: vm.name.clone(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            disks,
+            runtime_directory: home.join("run"),
+            accelerator: probe(),
+            direct_boot: vm.kernel.as_ref().map(|kernel| DirectBoot {
+                kernel: kernel.clone(),
+                initrd: vm.initrd.clone(),
+                append: vm.append.clone().unwrap_or_default(),
+            }),
+            network: region.network.clone(),
+        };
+        let mut running = Vm::start(&spec)?;
+        let status = running.status()?;
+        running.detach();
+        Ok(format!(
+            "{status} in '{}' on capture '{group}'",
+            region.name
         ))
     }
 }

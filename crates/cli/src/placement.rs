@@ -32,6 +32,12 @@ pub struct Placement {
     /// The failover was committed: the VM keeps its disks; no other point can be chosen.
     #[serde(default)]
     pub committed: bool,
+    /// Its disk files there, in boot order.
+    #[serde(default)]
+    pub disks: Vec<std::path::PathBuf>,
+    /// The capture group replicating it home (after a reprotect), if any.
+    #[serde(default)]
+    pub capture: Option<String>,
 }
 
 /// Every VM placed by a failover; a VM absent here runs in its own region, epoch 0.

@@ -9,12 +9,46 @@ use serde_json::{Value, json};
 use crate::qmp::Qmp;
 use crate::{HypervisorError, Result};
 
-/// A disk of a VM.
+/// A disk of a VM: an image file, or an NBD export on a Unix socket (a disk served by
+/// Lifeboat's write capture).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskSpec {
+    /// The image, or the NBD server's socket.
     pub path: PathBuf,
-    /// qemu's format name: `raw`, `qcow2`, …
+    /// qemu's format name: `raw`, `qcow2`, … (for an export, the format seen through it:
+    /// `raw`).
     pub format: String,
+    /// The export's name, for a disk served over NBD.
+    pub export: Option<String>,
+}
+
+impl DiskSpec {
+    /// An image file.
+    pub fn file(path: PathBuf, format: &str) -> DiskSpec {
+        DiskSpec {
+            path,
+            format: format.to_string(),
+            export: None,
+        }
+    }
+
+    /// The blockdev qemu opens.
+    fn blockdev(&self, node: &str) -> Value {
+        let file = match &self.export {
+            Some(export) => json!({
+                "driver": "nbd",
+                "server": { "type": "unix", "path": self.path },
+                "export": export,
+            }),
+            None => json!({ "driver": "file", "filename": self.path }),
+        };
+        json!({
+            "driver": self.format,
+            "node-name": node,
+            "file": file,
+            "cache": { "direct": false },
+        })
+    }
 }
 
 /// Booting a kernel directly instead of through the firmware and the first disk.
@@ -105,15 +139,9 @@ impl Vm {
             command.args(["-append", &boot.append]);
         }
         for (index, disk) in spec.disks.iter().enumerate() {
-            command.arg("-blockdev").arg(
-                json!({
-                    "driver": disk.format,
-                    "node-name": node(index),
-                    "file": { "driver": "file", "filename": disk.path },
-                    "cache": { "direct": false },
-                })
-                .to_string(),
-            );
+            command
+                .arg("-blockdev")
+                .arg(disk.blockdev(&node(index)).to_string());
             // A directly booted kernel takes boot index 0 itself.
             let boot = if spec.direct_boot.is_some() {
                 String::new()

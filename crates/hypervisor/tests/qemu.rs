@@ -99,6 +99,7 @@ fn a_vm_starts_runs_and_stops_through_qmp() {
         vec![DiskSpec {
             path: disk.clone(),
             format: "raw".to_string(),
+            export: None,
         }],
     ))
     .unwrap();
@@ -130,6 +131,7 @@ fn a_vm_that_cannot_start_says_why() {
         vec![DiskSpec {
             path: directory.path().join("missing.qcow2"),
             format: "qcow2".to_string(),
+            export: None,
         }],
     ))
     .err()
@@ -157,6 +159,7 @@ fn a_vm_boots_at_once_from_a_point_and_its_disk_is_hydrated_in_the_background() 
         vec![DiskSpec {
             path: overlay.clone(),
             format: "qcow2".to_string(),
+            export: None,
         }],
     ))
     .unwrap();
@@ -214,6 +217,7 @@ fn a_real_linux_guest_boots_at_once_from_a_point_and_reads_its_disk() {
         vec![DiskSpec {
             path: overlay,
             format: "qcow2".to_string(),
+            export: None,
         }],
     );
     spec.direct_boot = Some(DirectBoot {

@@ -26,6 +26,9 @@ pub enum Operation {
     Cleanup,
     /// Make a failover final: its VMs keep their disks and no longer need the points.
     Commit,
+    /// Replicate failed-over VMs back to their home region: restart them on a capture
+    /// that ships there. A failback is then a planned failover home.
+    Reprotect,
 }
 
 impl Operation {
@@ -36,6 +39,7 @@ impl Operation {
             Operation::TestFailover => "test-failover",
             Operation::Cleanup => "cleanup",
             Operation::Commit => "commit",
+            Operation::Reprotect => "reprotect",
         }
     }
 }
@@ -64,6 +68,13 @@ pub enum Action {
     RemoveTestVm { vm: String },
     /// Makes the failover of `vm` final.
     CommitVm { vm: String },
+    /// Stops `vm` where it runs, without moving it (to restart it on a capture).
+    HaltVm { vm: String },
+    /// Starts the capture that serves these VMs' disks and ships their writes to their
+    /// home region.
+    StartCapture { vms: Vec<String> },
+    /// Stops the capture of these VMs where they ran before (a failback).
+    StopCapture { vms: Vec<String> },
 }
 
 impl Action {
@@ -73,7 +84,8 @@ impl Action {
             Action::StopVm { vm }
             | Action::StartVm { vm }
             | Action::RemoveTestVm { vm }
-            | Action::CommitVm { vm } => Some(vm),
+            | Action::CommitVm { vm }
+            | Action::HaltVm { vm } => Some(vm),
             _ => None,
         }
     }
@@ -90,6 +102,11 @@ impl fmt::Display for Action {
             Action::StartVm { vm } => write!(f, "start {vm}"),
             Action::RemoveTestVm { vm } => write!(f, "remove the test copy of {vm}"),
             Action::CommitVm { vm } => write!(f, "commit {vm}"),
+            Action::HaltVm { vm } => write!(f, "stop {vm} for the capture"),
+            Action::StartCapture { vms } => {
+                write!(f, "capture {} and replicate home", vms.join(", "))
+            }
+            Action::StopCapture { vms } => write!(f, "stop the capture of {}", vms.join(", ")),
         }
     }
 }
@@ -116,9 +133,9 @@ pub fn steps(plan: &Plan, operation: Operation) -> Vec<Step> {
                 for group in groups.iter().rev() {
                     batches.push(each(group, &|vm| Action::StopVm { vm }));
                 }
-                batches.push(vec![Action::FinalSync {
-                    vms: groups.iter().flatten().cloned().collect(),
-                }]);
+                let vms: Vec<String> = groups.iter().flatten().cloned().collect();
+                batches.push(vec![Action::FinalSync { vms: vms.clone() }]);
+                batches.push(vec![Action::StopCapture { vms }]);
             }
             for (index, group) in groups.iter().enumerate() {
                 let number = index + 1;
@@ -130,6 +147,18 @@ pub fn steps(plan: &Plan, operation: Operation) -> Vec<Step> {
         Operation::Cleanup => {
             for group in groups.iter().rev() {
                 batches.push(each(group, &|vm| Action::RemoveTestVm { vm }));
+            }
+        }
+        Operation::Reprotect => {
+            batches.push(vec![Action::Preflight]);
+            for group in groups.iter().rev() {
+                batches.push(each(group, &|vm| Action::HaltVm { vm }));
+            }
+            batches.push(vec![Action::StartCapture {
+                vms: groups.iter().flatten().cloned().collect(),
+            }]);
+            for group in groups {
+                batches.push(each(group, &|vm| Action::StartVm { vm }));
             }
         }
         Operation::Commit => {
@@ -254,7 +283,24 @@ mod tests {
             render(&steps(&shop(), Operation::PlannedFailover))
                 .last()
                 .unwrap(),
-            "8 start web2"
+            "9 start web2"
+        );
+    }
+
+    #[test]
+    fn reprotect_restarts_every_vm_on_one_capture_last_group_stopped_first() {
+        assert_eq!(
+            render(&steps(&shop(), Operation::Reprotect)),
+            [
+                "0 pre-flight checks",
+                "1 stop web1 for the capture",
+                "1 stop web2 for the capture",
+                "2 stop db1 for the capture",
+                "3 capture db1, web1, web2 and replicate home",
+                "4 start db1",
+                "5 start web1",
+                "5 start web2",
+            ]
         );
     }
 

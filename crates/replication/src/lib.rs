@@ -30,6 +30,7 @@
 
 pub mod capture;
 pub mod cut;
+pub mod digest;
 pub mod dirty;
 pub mod error;
 pub mod fence;

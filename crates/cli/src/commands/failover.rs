@@ -66,6 +66,7 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
         point: arguments.point.clone(),
         at: arguments.at,
         instant: arguments.instant,
+        grace_seconds: arguments.grace,
     };
     if !matches!(options.point.as_str(), "latest" | "processed" | "app")
         && plan.groups.iter().flatten().count() > 1
@@ -300,20 +301,77 @@ pub fn cleanup(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::R
 pub fn commit(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::Result<u8> {
     let config = required_config(global)?;
     let plan = plan_of(&config, &arguments.target)?;
-    let placements = Placements::load(&config.state_directory)?;
-    let region = plan
-        .groups
-        .iter()
-        .flatten()
-        .find_map(|vm| placements.vms.get(vm))
-        .map(|p| p.region.clone())
-        .with_context(|| format!("plan '{}' has not been failed over", plan.name))?;
+    let region = placed_region(&config, &plan)?;
     let run = RunRecord::new(
         &plan.name,
         Operation::Commit,
         &region,
         serde_json::to_value(RunOptions::default()).expect("options serialize"),
         steps(&plan, Operation::Commit),
+    );
+    execute(global, &config, &plan, run, true)
+}
+
+/// Where the plan's VMs run now (after a failover), one region.
+fn placed_region(config: &Config, plan: &Plan) -> anyhow::Result<String> {
+    let placements = Placements::load(&config.state_directory)?;
+    plan.groups
+        .iter()
+        .flatten()
+        .find_map(|vm| placements.vms.get(vm))
+        .map(|p| p.region.clone())
+        .with_context(|| format!("plan '{}' has not been failed over", plan.name))
+}
+
+/// `lifeboat reprotect`: replicates a failed-over plan back home.
+pub fn reprotect(
+    global: &GlobalOptions,
+    arguments: &crate::cli::ReprotectArguments,
+) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let plan = plan_of(&config, &arguments.target)?;
+    let region = placed_region(&config, &plan)?;
+    let run = RunRecord::new(
+        &plan.name,
+        Operation::Reprotect,
+        &region,
+        serde_json::to_value(RunOptions {
+            grace_seconds: arguments.grace,
+            ..RunOptions::default()
+        })
+        .expect("options serialize"),
+        steps(&plan, Operation::Reprotect),
+    );
+    execute(global, &config, &plan, run, true)
+}
+
+/// `lifeboat failback`: a planned failover of a plan to its VMs' home region.
+pub fn failback(
+    global: &GlobalOptions,
+    arguments: &crate::cli::FailbackArguments,
+) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let plan = plan_of(&config, &arguments.target)?;
+    placed_region(&config, &plan)?;
+    let home = PlanExecutor {
+        global,
+        config: &config,
+        plan: &plan,
+        options: RunOptions::default(),
+    }
+    .home_region()?;
+    let options = RunOptions {
+        point: "latest".to_string(),
+        at: None,
+        instant: arguments.instant,
+        grace_seconds: arguments.grace,
+    };
+    let run = RunRecord::new(
+        &plan.name,
+        Operation::PlannedFailover,
+        &home,
+        serde_json::to_value(&options).expect("options serialize"),
+        steps(&plan, Operation::PlannedFailover),
     );
     execute(global, &config, &plan, run, true)
 }

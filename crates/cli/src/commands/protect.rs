@@ -157,6 +157,11 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         ));
         parsed.push((name, disks));
     }
+    let digest = lifeboat_replication::digest::read(
+        repository.storage().as_ref(),
+        repository.crypto(),
+        &arguments.group,
+    )?;
     let fences = Arc::new(Fences::new(
         epochs,
         Arc::clone(&journal),
@@ -200,25 +205,34 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             );
             // What to send first: after a restart, what the dirty map holds; else the
             // initial sync, every allocated range. Read from the image while writes go on.
-            let restarted = dirty.is_some();
-            let ranges: Vec<(u64, u64)> = match dirty {
-                Some(ranges) => ranges,
-                None => image
-                    .data_ranges()?
-                    .iter()
-                    .map(|range| (range.offset, range.length))
-                    .collect(),
+            // against the replicas' digest when the receiver published one (the
+            // replicas hold an older state already: only differing blocks go).
+            let replica = digest.as_ref().and_then(|disks| {
+                disks.iter().find(|d| {
+                    d.vm == lifeboat_replication::file_name_for(&name) && d.disk == disk_name
+                })
+            });
+            let (ranges, how): (Vec<(u64, u64)>, &str) = match (dirty, replica) {
+                (Some(ranges), _) => (ranges, "resyncing what changed,"),
+                (None, Some(replica)) => (
+                    lifeboat_replication::digest::differing_ranges(
+                        repository.crypto(),
+                        image.as_ref(),
+                        replica,
+                    )?,
+                    "initial sync of the blocks that differ from the replica's,",
+                ),
+                (None, None) => (
+                    image
+                        .data_ranges()?
+                        .iter()
+                        .map(|range| (range.offset, range.length))
+                        .collect(),
+                    "initial sync of",
+                ),
             };
             let resync: u64 = ranges.iter().map(|(_, length)| length).sum();
-            eprintln!(
-                "{name}/{disk_name}: {} {}",
-                if restarted {
-                    "resyncing what changed,"
-                } else {
-                    "initial sync of"
-                },
-                bytes(resync)
-            );
+            eprintln!("{name}/{disk_name}: {how} {}", bytes(resync));
             {
                 let mut journal = journal.lock().expect("never poisoned");
                 for &(offset, length) in &ranges {

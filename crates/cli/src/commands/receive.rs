@@ -45,12 +45,48 @@ pub fn run(global: &GlobalOptions, arguments: &ReceiveArguments) -> anyhow::Resu
             },
             interval: Duration::from_secs(arguments.thin_every),
         }));
+    // The digest is for a capture's first sync: published before the first cut, removed
+    // once one is applied.
+    let mut digest_published = false;
+    if arguments.digest {
+        if arguments.replicas.join("state.json").exists() {
+            anyhow::bail!(
+                "{} already receives group '{}': a digest describes replicas before their first cut",
+                arguments.replicas.display(),
+                arguments.group
+            );
+        }
+        digest_published = true;
+        let disks = lifeboat_replication::digest::digest_directory(
+            repository.crypto(),
+            &arguments.replicas,
+        )?;
+        lifeboat_replication::digest::write(
+            repository.storage().as_ref(),
+            repository.crypto(),
+            &arguments.group,
+            &disks,
+        )?;
+        eprintln!(
+            "group '{}': digest of {} replica disk(s) published; the capture sends only the blocks that differ",
+            arguments.group,
+            disks.len()
+        );
+    }
     let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
     let mut alerted: Option<Instant> = None;
     loop {
         let started = Instant::now();
         match receiver.receive() {
             Ok(report) => {
+                if digest_published && report.cuts > 0 {
+                    lifeboat_replication::digest::remove(
+                        repository.storage().as_ref(),
+                        repository.crypto(),
+                        &arguments.group,
+                    )?;
+                    digest_published = false;
+                }
                 show(global, &report, !arguments.follow)?;
                 // One alert line per RPO threshold while it lasts.
                 let quiet = Duration::from_secs_f64(arguments.rpo_threshold.max(1.0));
