@@ -319,3 +319,50 @@ fn rfc_2136_updates_signed_with_tsig_move_names_in_bind() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_name_routes_by_priority_to_the_first_healthy_address_as_health_checks_change() {
+    let harness = Harness::uninitialised();
+    // Two loopback addresses stand for the VM's address in each region.
+    let west = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = west.local_addr().unwrap().port();
+    let east = std::net::TcpListener::bind(("127.0.0.3", port)).unwrap();
+    let config = harness.path("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\nttl = 1\nzones = [\"shop.example\"]\nhealth_interval_seconds = 1\nhealth_failures = 2\n\n\
+             [[region]]\nname = \"west\"\nrepository = \"{}\"\n\n[[region]]\nname = \"east\"\nrepository = \"{}\"\n\n\
+             [[vm]]\nname = \"web1\"\nregion = \"west\"\ndisks = [\"/vms/web1.raw\"]\ndns = [\"web1.shop.example\"]\n\
+             addresses = {{ west = \"127.0.0.2\", east = \"127.0.0.3\" }}\nhealth = \"tcp:{port}\"\n",
+            harness.path("west").display(),
+            harness.path("east").display()
+        ),
+    )
+    .unwrap();
+    let (_server, dns_port, _) = dns_server(&harness, &config);
+    let until = |expected: &str, within: Duration| {
+        let started = Instant::now();
+        while short(dns_port, "web1.shop.example", "A") != expected {
+            assert!(started.elapsed() < within, "web1 never answered {expected}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started.elapsed()
+    };
+    until("127.0.0.2", Duration::from_secs(5));
+    // West's endpoint fails its checks: the name moves to east.
+    drop(west);
+    let moved = until("127.0.0.3", Duration::from_secs(15));
+    assert!(
+        moved >= Duration::from_millis(900),
+        "two failed probes are tolerated"
+    );
+    // Healthy again: back to the first priority.
+    let west = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
+    until("127.0.0.2", Duration::from_secs(10));
+    // None healthy: the first priority still answers rather than nothing.
+    drop(west);
+    drop(east);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(short(dns_port, "web1.shop.example", "A"), "127.0.0.2");
+}

@@ -26,6 +26,10 @@ pub struct DnsSettings {
     /// Where the test view answers: the names of VMs started by a test failover, with their
     /// test addresses, apart from the production view.
     pub test_listen: Option<SocketAddr>,
+    /// Seconds between health probes of VMs with a `health` check.
+    pub health_interval_seconds: u64,
+    /// Failed probes in a row before an address is unhealthy.
+    pub health_failures: u32,
 }
 
 /// An existing DNS server holding the zones, updated by RFC 2136.
@@ -82,6 +86,10 @@ pub struct Vm {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: Option<String>,
+    /// How the built-in DNS server checks the VM's address (`tcp:PORT` or
+    /// `http:PORT/PATH`): its names answer with the first healthy address, the region it
+    /// runs in first.
+    pub health: Option<String>,
 }
 
 /// A recovery plan: groups of VMs brought up in order, the VMs of a group together.
@@ -129,6 +137,8 @@ pub(crate) struct DnsEntry {
     zones: Spanned<Vec<String>>,
     update: Option<Spanned<UpdateEntry>>,
     test_listen: Option<Spanned<String>>,
+    health_interval_seconds: Option<Spanned<u64>>,
+    health_failures: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +173,7 @@ pub(crate) struct VmEntry {
     kernel: Option<String>,
     initrd: Option<String>,
     append: Option<String>,
+    health: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +241,28 @@ fn dns_name(text: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
+}
+
+/// A VM's `health`: `tcp:PORT` or `http:PORT/PATH`.
+fn health_check(text: &Spanned<String>, vm: &str, invalid: Invalid) -> Result<String, ConfigError> {
+    let value = text.get_ref().trim();
+    let port = value.strip_prefix("tcp:").or_else(|| {
+        value
+            .strip_prefix("http:")
+            .map(|rest| rest.split('/').next().unwrap_or(""))
+    });
+    if port
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_none_or(|p| p == 0)
+    {
+        return Err(invalid(
+            text.span(),
+            format!(
+                "key 'health' of VM '{vm}': '{value}' is not a check like \"tcp:443\" or \"http:80/healthz\""
+            ),
+        ));
+    }
+    Ok(value.to_string())
 }
 
 pub(crate) fn dns(
@@ -305,6 +338,26 @@ pub(crate) fn dns(
         zones,
         update,
         test_listen,
+        health_interval_seconds: match &dns.health_interval_seconds {
+            None => 10,
+            Some(seconds) if (1..=3600).contains(seconds.get_ref()) => *seconds.get_ref(),
+            Some(seconds) => {
+                return Err(invalid(
+                    seconds.span(),
+                    "key 'health_interval_seconds': give seconds between 1 and 3600".to_string(),
+                ));
+            }
+        },
+        health_failures: match &dns.health_failures {
+            None => 3,
+            Some(count) if (1..=100).contains(count.get_ref()) => *count.get_ref(),
+            Some(count) => {
+                return Err(invalid(
+                    count.span(),
+                    "key 'health_failures': give a count between 1 and 100".to_string(),
+                ));
+            }
+        },
     })
 }
 
@@ -458,6 +511,11 @@ pub(crate) fn vms(
                 ),
             ));
         }
+        let health = vm
+            .health
+            .as_ref()
+            .map(|text| health_check(text, &name, invalid))
+            .transpose()?;
         vms.push(Vm {
             name,
             region,
@@ -474,6 +532,7 @@ pub(crate) fn vms(
             kernel: vm.kernel.as_ref().map(|k| PathBuf::from(k.trim())),
             initrd: vm.initrd.as_ref().map(|i| PathBuf::from(i.trim())),
             append: vm.append.clone(),
+            health,
         });
     }
     Ok(vms)

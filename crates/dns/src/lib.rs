@@ -5,6 +5,8 @@
 //!   REFUSED outside the zones, truncation for UDP.
 //! * `server.rs` — [`DnsServer`]: the same answers over UDP and TCP, with the zone set
 //!   replaced whole when the records change (a failover), so a name moves at once.
+//! * `health.rs` — [`health::Prober`]: TCP or HTTP checks of addresses in the background,
+//!   and [`health::choose`], priority routing (no I/O): the first healthy address.
 //! * `update.rs` — [`update::replace_addresses`]: RFC 2136 updates signed with TSIG, for
 //!   names in zones another DNS server holds.
 //!
@@ -12,6 +14,7 @@
 //!
 //! Configuration files, regions, VMs or failovers: it is given names and addresses.
 
+pub mod health;
 pub mod server;
 pub mod update;
 pub mod zones;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lifeboat_config::Config;
+use lifeboat_dns::health::{Check, Prober, choose};
 use lifeboat_dns::update::{TsigKey, replace_addresses};
 use lifeboat_dns::{DnsServer, ZoneSet};
 use lifeboat_geo::{Side, StateFile};
@@ -34,13 +35,18 @@ pub struct DnsRecord {
     pub owner: String,
 }
 
+/// Whether an address passes a VM's health check (`tcp:PORT`, `http:PORT/PATH`).
+pub type Healthy<'a> = &'a dyn Fn(IpAddr, &str) -> bool;
+
 /// Every name and its address as things stand, in the production view or (`test`) the
-/// test view. No I/O.
+/// test view. A VM with a health check answers with the first healthy address in priority
+/// order: the region it runs in, then its other regions in the file's order. No I/O.
 pub fn records(
     config: &Config,
     state: &StateFile,
     placements: &Placements,
     test: bool,
+    healthy: Healthy,
 ) -> Vec<DnsRecord> {
     let mut records = Vec::new();
     for vm in &config.vms {
@@ -50,7 +56,26 @@ pub fn records(
             Some(copy) if test => copy.region.as_str(),
             _ => placements.region_of(&vm.name, &vm.region),
         };
-        if let Some(&address) = vm.addresses.get(region) {
+        let address = match &vm.health {
+            None => vm.addresses.get(region).copied(),
+            Some(check) => {
+                let priority: Vec<IpAddr> = vm
+                    .addresses
+                    .get(region)
+                    .into_iter()
+                    .chain(
+                        config
+                            .regions
+                            .iter()
+                            .filter(|r| r.name != region)
+                            .filter_map(|r| vm.addresses.get(&r.name)),
+                    )
+                    .copied()
+                    .collect();
+                choose(&priority, |address| healthy(address, check))
+            }
+        };
+        if let Some(address) = address {
             for name in &vm.dns {
                 records.push(DnsRecord {
                     name: name.clone(),
@@ -80,11 +105,37 @@ pub fn records(
     records
 }
 
-/// [`records`] as the state files say now.
-fn current_records(config: &Config, test: bool) -> anyhow::Result<Vec<DnsRecord>> {
+/// [`records`] as the state files say now, with the prober's view of health (every
+/// address healthy without one).
+fn current_records(
+    config: &Config,
+    test: bool,
+    prober: Option<&Prober>,
+) -> anyhow::Result<Vec<DnsRecord>> {
     let state = StateFile::load(&config.state_directory)?;
     let placements = Placements::load(&config.state_directory)?;
-    Ok(records(config, &state, &placements, test))
+    let healthy = |address: IpAddr, check: &str| match (prober, Check::parse(check)) {
+        (Some(prober), Some(check)) => prober.is_healthy(address, &check),
+        _ => true,
+    };
+    Ok(records(config, &state, &placements, test, &healthy))
+}
+
+/// Probes every address of every VM with a health check.
+fn start_prober(config: &Config, dns: &lifeboat_config::DnsSettings) -> Option<Prober> {
+    let targets: Vec<(IpAddr, Check)> = config
+        .vms
+        .iter()
+        .filter_map(|vm| Some((vm, Check::parse(vm.health.as_deref()?)?)))
+        .flat_map(|(vm, check)| vm.addresses.values().map(move |&a| (a, check.clone())))
+        .collect();
+    (!targets.is_empty()).then(|| {
+        Prober::start(
+            targets,
+            Duration::from_secs(dns.health_interval_seconds),
+            dns.health_failures,
+        )
+    })
 }
 
 fn zone_set(config: &Config, records: &[DnsRecord], serial: u32) -> anyhow::Result<ZoneSet> {
@@ -102,7 +153,7 @@ pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
     let config = required_config(global)?;
     match command {
         DnsCommand::Records(_) => {
-            let records = current_records(&config, false)?;
+            let records = current_records(&config, false, None)?;
             if global.json {
                 print_json(&records)?;
             } else {
@@ -150,7 +201,7 @@ fn push_records(config: &Config, records: &[DnsRecord]) -> anyhow::Result<()> {
 fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result<u8> {
     let mut pushed: Option<Vec<DnsRecord>> = None;
     loop {
-        let next = current_records(config, false)?;
+        let next = current_records(config, false, None)?;
         if pushed.as_ref() != Some(&next) {
             match push_records(config, &next) {
                 Ok(()) => {
@@ -181,8 +232,13 @@ struct View {
 }
 
 impl View {
-    fn start(config: &Config, address: std::net::SocketAddr, test: bool) -> anyhow::Result<View> {
-        let current = current_records(config, test)?;
+    fn start(
+        config: &Config,
+        address: std::net::SocketAddr,
+        test: bool,
+        prober: Option<&Prober>,
+    ) -> anyhow::Result<View> {
+        let current = current_records(config, test, prober)?;
         let serial = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
@@ -198,8 +254,8 @@ impl View {
     }
 
     /// Replaces the zones when the state files say something new.
-    fn refresh(&mut self, config: &Config) {
-        let next = match current_records(config, self.test) {
+    fn refresh(&mut self, config: &Config, prober: Option<&Prober>) {
+        let next = match current_records(config, self.test, prober) {
             Ok(next) => next,
             Err(error) => {
                 eprintln!("cannot read the state ({error:#}); answering as before");
@@ -237,9 +293,15 @@ fn serve(
     let dns = config.dns.as_ref().context(
         "the configuration has no [dns] section: add one with the zones to serve (see docs/configuration.md)",
     )?;
-    let mut views = vec![View::start(config, listen.unwrap_or(dns.listen), false)?];
+    let prober = start_prober(config, dns);
+    let mut views = vec![View::start(
+        config,
+        listen.unwrap_or(dns.listen),
+        false,
+        prober.as_ref(),
+    )?];
     if let Some(address) = dns.test_listen {
-        views.push(View::start(config, address, true)?);
+        views.push(View::start(config, address, true, prober.as_ref())?);
     }
     if global.json {
         print_json_line(&serde_json::json!({
@@ -261,7 +323,7 @@ fn serve(
     loop {
         std::thread::sleep(Duration::from_secs(1));
         for view in &mut views {
-            view.refresh(config);
+            view.refresh(config, prober.as_ref());
         }
     }
 }
@@ -300,18 +362,77 @@ addresses = { west = "10.0.1.5", east = "10.1.1.5" }
         )
         .unwrap();
         let mut state = StateFile::default();
-        let before = records(&config, &state, &Placements::default(), false);
+        let before = records(&config, &state, &Placements::default(), false, &|_, _| true);
         assert_eq!(before.len(), 3);
         assert_eq!(before[0].address.to_string(), "10.0.1.5");
         assert_eq!(before[1].address.to_string(), "10.0.0.10");
         state.regions.entry("west".into()).or_default().active = Side::Copy;
         state.regions.entry("east".into()).or_default().active = Side::Copy;
-        let after = records(&config, &state, &Placements::default(), false);
+        let after = records(&config, &state, &Placements::default(), false, &|_, _| true);
         assert_eq!(after[1].address.to_string(), "10.1.0.10");
         assert!(
             !after.iter().any(|r| r.owner == "repository:east"),
             "east has no copy address: its name is withdrawn rather than left wrong"
         );
         assert!(zone_set(&config, &after, 2).is_ok());
+    }
+
+    #[test]
+    fn a_vm_with_a_health_check_answers_with_its_first_healthy_address() {
+        let config = lifeboat_config::parse(
+            std::path::Path::new("lifeboat.toml"),
+            r#"
+[dns]
+zones = ["shop.example"]
+
+[[region]]
+name = "west"
+repository = "/srv/west"
+
+[[region]]
+name = "north"
+repository = "/srv/north"
+
+[[region]]
+name = "east"
+repository = "/srv/east"
+
+[[vm]]
+name = "web1"
+region = "east"
+disks = ["/vms/web1.qcow2"]
+dns = ["web1.shop.example"]
+addresses = { west = "10.0.1.5", north = "10.2.1.5", east = "10.1.1.5" }
+health = "tcp:443"
+"#,
+        )
+        .unwrap();
+        let answer = |down: &[&str]| {
+            let down: Vec<IpAddr> = down.iter().map(|a| a.parse().unwrap()).collect();
+            let healthy = |address: IpAddr, check: &str| {
+                assert_eq!(check, "tcp:443");
+                !down.contains(&address)
+            };
+            let records = records(
+                &config,
+                &StateFile::default(),
+                &Placements::default(),
+                false,
+                &healthy,
+            );
+            records[0].address.to_string()
+        };
+        assert_eq!(answer(&[]), "10.1.1.5", "where it runs first");
+        assert_eq!(
+            answer(&["10.1.1.5"]),
+            "10.0.1.5",
+            "then the regions in file order"
+        );
+        assert_eq!(answer(&["10.1.1.5", "10.0.1.5"]), "10.2.1.5");
+        assert_eq!(
+            answer(&["10.1.1.5", "10.0.1.5", "10.2.1.5"]),
+            "10.1.1.5",
+            "none: the first"
+        );
     }
 }
