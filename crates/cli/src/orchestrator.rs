@@ -393,27 +393,12 @@ impl PlanExecutor<'_> {
         };
         let disk_count = disks.len();
         let disk_files: Vec<PathBuf> = disks.iter().map(|d| d.path.clone()).collect();
-        let spec = VmSpec {
-            name: vm.name.clone(),
-            vcpus: vm.vcpus,
-            memory_mib: vm.memory_mib,
-            disks,
-            runtime_directory: runtime.clone(),
-            accelerator: probe(),
-            direct_boot: vm.kernel.as_ref().map(|kernel| DirectBoot {
-                kernel: kernel.clone(),
-                initrd: vm.initrd.clone(),
-                append: vm.append.clone().unwrap_or_default(),
-            }),
-            network: if test {
-                region.test_network.clone()
-            } else {
-                region.network.clone()
-            },
+        let network = if test {
+            &region.test_network
+        } else {
+            &region.network
         };
-        let mut running = Vm::start(&spec)?;
-        let status = running.status()?;
-        running.detach();
+        let status = start_detached(vm, disks, &runtime, network)?;
         if self.options.instant {
             spawn_hydrator(&home, disk_count)?;
         }
@@ -929,28 +914,40 @@ impl PlanExecutor<'_> {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let spec = VmSpec {
-            name: vm.name.clone(),
-            vcpus: vm.vcpus,
-            memory_mib: vm.memory_mib,
-            disks,
-            runtime_directory: home.join("run"),
-            accelerator: probe(),
-            direct_boot: vm.kernel.as_ref().map(|kernel| DirectBoot {
-                kernel: kernel.clone(),
-                initrd: vm.initrd.clone(),
-                append: vm.append.clone().unwrap_or_default(),
-            }),
-            network: region.network.clone(),
-        };
-        let mut running = Vm::start(&spec)?;
-        let status = running.status()?;
-        running.detach();
+        let status = start_detached(vm, disks, &home.join("run"), &region.network)?;
         Ok(format!(
             "{status} in '{}' on capture '{group}'",
             region.name
         ))
     }
+}
+
+/// Starts declared VM `vm` on `disks` (runtime files in `runtime`, on `network`) and lets
+/// it run on after this process; returns its run state.
+fn start_detached(
+    vm: &DeclaredVm,
+    disks: Vec<DiskSpec>,
+    runtime: &Path,
+    network: &str,
+) -> anyhow::Result<String> {
+    let spec = VmSpec {
+        name: vm.name.clone(),
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        disks,
+        runtime_directory: runtime.to_path_buf(),
+        accelerator: probe(),
+        direct_boot: vm.kernel.as_ref().map(|kernel| DirectBoot {
+            kernel: kernel.clone(),
+            initrd: vm.initrd.clone(),
+            append: vm.append.clone().unwrap_or_default(),
+        }),
+        network: network.to_string(),
+    };
+    let mut running = Vm::start(&spec)?;
+    let status = running.status()?;
+    running.detach();
+    Ok(status)
 }
 
 fn short(point: &str) -> &str {

@@ -510,3 +510,34 @@ fn point_choices_and_mistakes_are_refused_clearly() {
     assert_eq!(one["plan"], "vm:db1");
     assert_eq!(one["vms"][0]["region"], "east");
 }
+
+#[test]
+fn a_failover_to_a_moment_starts_each_vm_from_its_point_at_that_time() {
+    let site = Site::new("");
+    site.points_in_east();
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(1100));
+    // db1 changes after that moment, and a newer point holds the change.
+    let disk = site.harness.path("db1.raw");
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[..7].copy_from_slice(b"changed");
+    std::fs::write(&disk, bytes).unwrap();
+    let backup = site
+        .harness
+        .in_region(&site.config, "east")
+        .args(["backup", "--vm", "db1"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(backup.status.success());
+    let at = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let run = site.ok(&["failover", "--plan", "shop", "--to", "east", "--at", &at]);
+    assert_eq!(run["state"], "succeeded");
+    let restored = std::fs::read(site.state().join("vms/db1/east/disks/db1.raw")).unwrap();
+    assert_eq!(&restored[..3], b"db1", "the point before the change");
+    let latest = site.ok(&["failover", "--vm", "db1", "--to", "east"]);
+    assert_eq!(latest["state"], "succeeded");
+    let restored = std::fs::read(site.state().join("vms/db1/east/disks/db1.raw")).unwrap();
+    assert_eq!(&restored[..7], b"changed", "the latest point");
+}
