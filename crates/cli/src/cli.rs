@@ -103,6 +103,16 @@ pub enum Command {
     /// VMs started by failovers.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// The control plane: probes regions (incidents, availability against the SLA) and
+    /// serves the HTTP API (/api/status, /api/openapi.json) and /metrics.
+    Serve(ServeArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArguments {
+    /// Where to answer HTTP (default: [settings] listen, or 127.0.0.1:8400).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// A recovery plan, or one VM (a plan of its own).

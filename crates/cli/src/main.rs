@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         Command::Failback(arguments) => commands::failover::failback(&cli.global, arguments),
         Command::Plan(command) => commands::failover::plan(&cli.global, command),
         Command::Audit(arguments) => commands::failover::audit(&cli.global, arguments),
+        Command::Serve(arguments) => commands::serve::run(&cli.global, arguments),
         Command::Vm(VmCommand::Stop(arguments)) => commands::failover::stop(&cli.global, arguments),
         Command::Vm(VmCommand::Hydrate(arguments)) => {
             orchestrator::hydrate(&arguments.home, arguments.disks).map(|()| 0)

@@ -55,7 +55,7 @@ impl Redundancy {
 }
 
 /// One region, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Region {
     pub name: String,
     /// Where the region's repository lives: a directory or `s3://bucket/prefix`.
@@ -78,15 +78,27 @@ pub struct Region {
     pub network: String,
     /// The isolated network of a test failover (default `user,restrict=on`: no way out).
     pub test_network: String,
+    /// How `lifeboat serve` checks the region is up: `tcp:HOST:PORT` or
+    /// `http://HOST:PORT/PATH` (HOST an IP address).
+    pub probe: Option<String>,
+    pub probe_interval_seconds: u64,
+    /// Failed probes in a row that open an incident.
+    pub probe_failures: u32,
+    /// The monthly availability promised, in percent.
+    pub sla_percent: f64,
 }
 
 /// The whole file, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
     /// Where Lifeboat keeps its state (which copy of each region is active).
     pub state_directory: PathBuf,
+    /// Where `lifeboat serve` answers HTTP (`[settings] listen`, default 127.0.0.1:8400).
+    pub listen: std::net::SocketAddr,
+    /// Its state database: `sqlite://…` (default `<state>/lifeboat.db`) or `postgres://…`.
+    pub database: String,
     pub regions: Vec<Region>,
     /// The built-in DNS server, when configured.
     pub dns: Option<DnsSettings>,
@@ -154,6 +166,10 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct Settings {
     state: Option<String>,
+    /// Where `lifeboat serve` answers.
+    listen: Option<Spanned<String>>,
+    /// `sqlite://…` or `postgres://…`; default SQLite in the state directory.
+    database: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +187,25 @@ struct RegionEntry {
     endpoint: Option<Spanned<vms::EndpointEntry>>,
     network: Option<Spanned<String>>,
     test_network: Option<Spanned<String>>,
+    probe: Option<Spanned<String>>,
+    #[serde(default = "ten")]
+    probe_interval_seconds: Spanned<u64>,
+    #[serde(default = "three")]
+    probe_failures: Spanned<u32>,
+    #[serde(default = "three_nines")]
+    sla_percent: Spanned<f64>,
+}
+
+fn ten() -> Spanned<u64> {
+    Spanned::new(0..0, 10)
+}
+
+fn three() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
+}
+
+fn three_nines() -> Spanned<f64> {
+    Spanned::new(0..0, 99.9)
 }
 
 fn local() -> Spanned<Redundancy> {
@@ -264,6 +299,50 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 "user,restrict=on",
                 &invalid,
             )?,
+            probe: entry
+                .probe
+                .as_ref()
+                .map(|probe| {
+                    let value = probe.get_ref().trim();
+                    let target = value
+                        .strip_prefix("tcp:")
+                        .or_else(|| value.strip_prefix("http://").map(|r| r.split('/').next().unwrap_or("")));
+                    match target.and_then(|t| t.parse::<std::net::SocketAddr>().ok()) {
+                        Some(_) => Ok(value.to_string()),
+                        None => Err(invalid(
+                            probe.span(),
+                            format!("key 'probe' of region '{name}': '{value}' is not like \"tcp:10.0.0.1:443\" or \"http://10.0.0.1:80/health\""),
+                        )),
+                    }
+                })
+                .transpose()?,
+            probe_interval_seconds: match *entry.probe_interval_seconds.get_ref() {
+                seconds @ 1..=3600 => seconds,
+                _ => {
+                    return Err(invalid(
+                        entry.probe_interval_seconds.span(),
+                        "key 'probe_interval_seconds': give seconds between 1 and 3600".to_string(),
+                    ));
+                }
+            },
+            probe_failures: match *entry.probe_failures.get_ref() {
+                count @ 1..=100 => count,
+                _ => {
+                    return Err(invalid(
+                        entry.probe_failures.span(),
+                        "key 'probe_failures': give a count between 1 and 100".to_string(),
+                    ));
+                }
+            },
+            sla_percent: match *entry.sla_percent.get_ref() {
+                percent if (0.0..=100.0).contains(&percent) => percent,
+                _ => {
+                    return Err(invalid(
+                        entry.sla_percent.span(),
+                        "key 'sla_percent': give a percentage between 0 and 100".to_string(),
+                    ));
+                }
+            },
         });
     }
     // Pairs must name known regions; copies default to a place in the pair's repository.
@@ -314,6 +393,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         Some(state) => directory.join(state),
         None => directory.join("lifeboat-state"),
     };
+    let settings = file.settings.as_ref().map(|s| s.get_ref());
+    let listen = match settings.and_then(|s| s.listen.as_ref()) {
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], 8400)),
+        Some(text) => text.get_ref().trim().parse().map_err(|_| {
+            invalid(
+                text.span(),
+                format!(
+                    "key 'listen': '{}' is not an address and port like 127.0.0.1:8400",
+                    text.get_ref()
+                ),
+            )
+        })?,
+    };
+    let database = match settings.and_then(|s| s.database.clone()) {
+        Some(url) => url,
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            state_directory.join("lifeboat.db").display()
+        ),
+    };
     let dns = file
         .dns
         .as_ref()
@@ -340,6 +439,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         path: path.to_path_buf(),
         state_directory,
+        listen,
+        database,
         regions,
         dns,
         vms,

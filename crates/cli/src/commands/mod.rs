@@ -13,6 +13,7 @@ pub mod prune;
 pub mod receive;
 pub mod region;
 pub mod restore;
+pub mod serve;
 pub mod status;
 pub mod verify;
 

@@ -1,0 +1,184 @@
+//! The HTTP API: JSON under `/api`, its OpenAPI document at `/api/openapi.json`, and
+//! Prometheus metrics at `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{Datelike, TimeZone};
+use lifeboat_config::Config;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::incidents::availability;
+use crate::probes::now_ms;
+use crate::store::{Check, Incident, Store};
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+}
+
+/// One region as the status page shows it.
+#[derive(Serialize, ToSchema)]
+pub struct RegionStatus {
+    pub name: String,
+    /// What is probed, if anything.
+    pub probe: Option<String>,
+    /// Up by the last probe; null before the first or without a probe.
+    pub up: Option<bool>,
+    pub last_check: Option<Check>,
+    pub open_incident: Option<Incident>,
+    /// Availability since the start of this month (UTC), 0–1.
+    pub availability_this_month: f64,
+    pub sla_percent: f64,
+    /// The availability this month meets the SLA.
+    pub sla_met: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusReport {
+    pub regions: Vec<RegionStatus>,
+}
+
+/// An error as JSON, naming what failed.
+#[derive(Serialize, ToSchema)]
+pub struct ApiError {
+    pub error: String,
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(ApiError { error: message })).into_response()
+}
+
+fn month_start_ms() -> i64 {
+    let now = chrono::Utc::now();
+    chrono::Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .map_or(0, |t| t.timestamp_millis())
+}
+
+async fn region_status(
+    state: &AppState,
+    region: &lifeboat_config::Region,
+) -> crate::Result<RegionStatus> {
+    let incidents = state.store.incidents(&region.name).await?;
+    let last_check = state.store.last_check(&region.name).await?;
+    let spans: Vec<(i64, Option<i64>)> = incidents
+        .iter()
+        .map(|i| (i.opened_ms, i.closed_ms))
+        .collect();
+    let availability_this_month = availability(&spans, month_start_ms(), now_ms());
+    Ok(RegionStatus {
+        name: region.name.clone(),
+        probe: region.probe.clone(),
+        up: region.probe.as_ref().and(last_check.as_ref().map(|c| c.ok)),
+        last_check,
+        open_incident: incidents.into_iter().find(|i| i.closed_ms.is_none()),
+        availability_this_month,
+        sla_percent: region.sla_percent,
+        sla_met: availability_this_month * 100.0 >= region.sla_percent,
+    })
+}
+
+/// Every region: health, open incident, availability this month against its SLA.
+#[utoipa::path(get, path = "/api/status", responses(
+    (status = 200, description = "every region", body = StatusReport),
+    (status = 503, description = "the state database cannot be read", body = ApiError)))]
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let mut regions = Vec::new();
+    for region in &state.config.regions {
+        match region_status(&state, region).await {
+            Ok(status) => regions.push(status),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+    Json(StatusReport { regions }).into_response()
+}
+
+/// A region's incidents, newest first.
+#[utoipa::path(get, path = "/api/regions/{name}/incidents",
+    params(("name" = String, Path, description = "the region")),
+    responses(
+        (status = 200, description = "its incidents", body = Vec<Incident>),
+        (status = 404, description = "no such region", body = ApiError),
+        (status = 503, description = "the state database cannot be read", body = ApiError)))]
+async fn incidents(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if state.config.region(&name).is_err() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("there is no region '{name}'"),
+        );
+    }
+    match state.store.incidents(&name).await {
+        Ok(incidents) => Json(incidents).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = String::new();
+    text.push_str("# HELP lifeboat_region_up Whether the region's last probe succeeded.\n# TYPE lifeboat_region_up gauge\n");
+    let mut statuses = Vec::new();
+    for region in &state.config.regions {
+        match region_status(&state, region).await {
+            Ok(status) => statuses.push(status),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+    for status in &statuses {
+        if let Some(up) = status.up {
+            text.push_str(&format!(
+                "lifeboat_region_up{{region=\"{}\"}} {}\n",
+                status.name,
+                u8::from(up)
+            ));
+        }
+    }
+    text.push_str("# HELP lifeboat_region_availability_ratio Availability this month.\n# TYPE lifeboat_region_availability_ratio gauge\n");
+    for status in &statuses {
+        text.push_str(&format!(
+            "lifeboat_region_availability_ratio{{region=\"{}\"}} {}\n",
+            status.name, status.availability_this_month
+        ));
+    }
+    text.push_str("# HELP lifeboat_region_incident_open Whether the region has an open incident.\n# TYPE lifeboat_region_incident_open gauge\n");
+    for status in &statuses {
+        text.push_str(&format!(
+            "lifeboat_region_incident_open{{region=\"{}\"}} {}\n",
+            status.name,
+            u8::from(status.open_incident.is_some())
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Lifeboat",
+        description = "Disaster recovery for QEMU/KVM virtual machines"
+    ),
+    paths(status, incidents),
+    components(schemas(StatusReport, RegionStatus, Incident, Check, ApiError))
+)]
+struct ApiDocument;
+
+async fn openapi() -> Response {
+    Json(ApiDocument::openapi()).into_response()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/status", get(status))
+        .route("/api/regions/{name}/incidents", get(incidents))
+        .route("/api/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource".to_string()) })
+        .with_state(state)
+}

@@ -1,0 +1,87 @@
+//! Lifeboat's control plane, `lifeboat serve`: region health probes that open and close
+//! incidents and measure availability against each region's SLA, kept in SQL (SQLite
+//! embedded, or PostgreSQL), served as a JSON API with an OpenAPI document and as
+//! Prometheus metrics.
+//!
+//! # Layout
+//!
+//! * `incidents.rs` — the decisions, without I/O: when probes open and close an incident,
+//!   and availability over a period.
+//! * `store.rs` — the state database (one schema for SQLite and PostgreSQL).
+//! * `probes.rs` — probing each region on its interval.
+//! * `api.rs` — the HTTP API (`/api/status`, `/api/regions/{name}/incidents`,
+//!   `/api/openapi.json`, `/metrics`).
+//!
+//! # What this crate must not know
+//!
+//! Repositories, disks or VMs (not yet: the scheduler and the actions of the CLI come
+//! through this API later); the only crate besides storage with an async runtime, and the
+//! only one that speaks HTTP as a server.
+
+pub mod api;
+pub mod incidents;
+pub mod probes;
+pub mod store;
+
+use std::sync::Arc;
+
+use lifeboat_config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("state database: cannot {what}: {detail}")]
+    Database { what: String, detail: String },
+    #[error("cannot serve HTTP on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// Runs the control plane for `config` until the process ends; calls `ready` with the
+/// address it answers on.
+pub fn serve(
+    config: Config,
+    listen: Option<std::net::SocketAddr>,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| ControlError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    runtime.block_on(async move {
+        if let Some(parent) = config
+            .database
+            .strip_prefix("sqlite://")
+            .map(std::path::Path::new)
+            .and_then(|p| p.parent())
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let store = store::Store::open(&config.database).await?;
+        for region in &config.regions {
+            tokio::spawn(probes::watch(store.clone(), region.clone()));
+        }
+        let address = listen.unwrap_or(config.listen);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ControlError::Listen { address, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ControlError::Listen { address, source })?;
+        ready(bound);
+        let app = api::router(Arc::new(api::AppState { config, store }));
+        axum::serve(listener, app)
+            .await
+            .map_err(|source| ControlError::Listen {
+                address: bound,
+                source,
+            })
+    })
+}
