@@ -19,12 +19,16 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v flock >/dev/null || need+=(util-linux)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v named >/dev/null || need+=(bind9)
+# PostgreSQL's server binaries (the control plane's shared state; tests start their own
+# cluster on a free port, the system service is left stopped).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
     # The tests start their own named on a free port.
     { systemctl stop named || service named stop; } >/dev/null 2>&1 || true
+    { systemctl stop postgresql || service postgresql stop; } >/dev/null 2>&1 || true
 fi
 
 # qemu-system-x86_64 for the VM tests: from bookworm-backports, the same qemu 10 as the

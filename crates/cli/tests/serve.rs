@@ -29,6 +29,12 @@ fn get(address: &str, path: &str) -> (u16, String) {
 }
 
 fn serve(harness: &Harness, config: &std::path::Path) -> (Killed, String) {
+    let (server, address, _) = serve_node(harness, config);
+    (server, address)
+}
+
+/// `lifeboat serve` on a free port: the process, its address and its node name.
+fn serve_node(harness: &Harness, config: &std::path::Path) -> (Killed, String, String) {
     let mut child = harness
         .configured(config)
         .args(["--json", "serve", "--listen", "127.0.0.1:0"])
@@ -44,7 +50,99 @@ fn serve(harness: &Harness, config: &std::path::Path) -> (Killed, String) {
     (
         Killed(child),
         started["listen"].as_str().unwrap().to_string(),
+        started["node"].as_str().unwrap().to_string(),
     )
+}
+
+/// POST `path` with an empty body; the status code and body.
+fn post(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn jobs(address: &str) -> Vec<Value> {
+    let (status, body) = get(address, "/api/jobs");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Polls the jobs until `check` holds (within 60 s).
+fn jobs_until(address: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = jobs(address);
+        if check(&jobs) {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened: {jobs:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A configuration with region west (its repository initialised, disk db1) and schedules:
+/// a backup of db1 every 2 s and a receiver that runs until cancelled, daily.
+fn scheduled(harness: &Harness, settings: &str) -> std::path::PathBuf {
+    let config = harness.path("lifeboat.toml");
+    let disk = harness.path("db1.raw");
+    std::fs::write(&disk, vec![7u8; 1 << 20]).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{settings}\n[[region]]\nname = \"west\"\nrepository = \"{west}\"\n\n\
+             [[schedule]]\nname = \"db1-backup\"\nevery = \"2s\"\ncommand = [\"--region\", \"west\", \"backup\", \"--vm\", \"db1\", \"{disk}\"]\n\n\
+             [[schedule]]\nname = \"idle-receiver\"\nat = \"00:00\"\n\
+             command = [\"--region\", \"west\", \"receive\", \"--group\", \"idle\", \"--replicas\", \"{replicas}\", \"--follow\"]\n",
+            west = harness.path("west").display(),
+            disk = disk.display(),
+            replicas = harness.path("replicas").display(),
+        ),
+    )
+    .unwrap();
+    let init = harness
+        .in_region(&config, "west")
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    config
+}
+
+fn count(jobs: &[Value], schedule: &str, state: &str) -> usize {
+    jobs.iter()
+        .filter(|j| j["schedule"] == schedule && j["state"] == state)
+        .count()
+}
+
+fn points(harness: &Harness, config: &std::path::Path) -> usize {
+    let output = harness
+        .in_region(config, "west")
+        .args(["--json", "points"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn west(address: &str) -> Value {
@@ -143,4 +241,134 @@ fn region_probes_open_and_close_incidents_measured_against_the_sla_and_kept_acro
     assert!(body.contains("there is no region 'north'"));
     let (status, _) = get(&address, "/nowhere");
     assert_eq!(status, 404);
+}
+
+#[test]
+fn schedules_run_as_jobs_with_history_and_a_running_job_is_cancelled() {
+    let harness = Harness::uninitialised();
+    let config = scheduled(&harness, "");
+    let (_server, address) = serve(&harness, &config);
+    let seen = jobs_until(&address, "three backups", |jobs| {
+        count(jobs, "db1-backup", "succeeded") >= 3
+    });
+    let backup = seen.iter().find(|j| j["state"] == "succeeded").unwrap();
+    assert!(
+        backup["output"].as_str().unwrap().contains("\"point\""),
+        "{backup}"
+    );
+    assert!(points(&harness, &config) >= 3);
+    // The receiver runs until cancelled: cancelling kills it.
+    let running = jobs_until(&address, "the receiver running", |jobs| {
+        count(jobs, "idle-receiver", "running") == 1
+    });
+    let id = running
+        .iter()
+        .find(|j| j["schedule"] == "idle-receiver")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = post(&address, &format!("/api/jobs/{id}/cancel"));
+    assert_eq!(status, 202);
+    jobs_until(&address, "the cancellation", |jobs| {
+        count(jobs, "idle-receiver", "cancelled") == 1
+    });
+    assert_eq!(
+        receivers(&harness),
+        0,
+        "the cancelled job's process is gone"
+    );
+    let (status, _) = post(&address, "/api/jobs/nothing/cancel");
+    assert_eq!(status, 404);
+    let (_, metrics) = get(&address, "/metrics");
+    assert!(
+        metrics.contains("lifeboat_jobs{schedule=\"db1-backup\",state=\"succeeded\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lifeboat_job_last_duration_seconds{schedule=\"db1-backup\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn two_nodes_on_postgresql_run_each_job_once_and_a_killed_nodes_work_moves_within_seconds() {
+    let postgres = lifeboat_testing::PostgresServer::start();
+    let harness = Harness::uninitialised();
+    let config = scheduled(
+        &harness,
+        &format!("[settings]\ndatabase = \"{}\"\n", postgres.url()),
+    );
+    let (first, address, first_node) = serve_node(&harness, &config);
+    let (second, second_address, second_node) = serve_node(&harness, &config);
+    let mut nodes = vec![(first, first_node), (second, second_node)];
+    // Both nodes see the same jobs; each due backup ran exactly once.
+    let seen = jobs_until(&address, "four backups", |jobs| {
+        count(jobs, "db1-backup", "succeeded") >= 4
+    });
+    assert!(jobs(&second_address).len() >= seen.len());
+    let backups: Vec<&Value> = seen
+        .iter()
+        .filter(|j| j["schedule"] == "db1-backup")
+        .collect();
+    let mut due: Vec<i64> = backups
+        .iter()
+        .map(|j| j["due_ms"].as_i64().unwrap())
+        .collect();
+    due.sort();
+    due.dedup();
+    assert_eq!(due.len(), backups.len(), "one job per due moment");
+    assert!(backups.iter().all(|j| j["attempt"].as_i64() <= Some(1)));
+    // Kill the node running the receiver: the other takes it within seconds.
+    let running = jobs_until(&address, "the receiver running", |jobs| {
+        count(jobs, "idle-receiver", "running") == 1
+    });
+    let receiver = running
+        .iter()
+        .find(|j| j["schedule"] == "idle-receiver")
+        .unwrap()
+        .clone();
+    let holder = receiver["node"].as_str().unwrap().to_string();
+    let index = nodes.iter().position(|(_, node)| *node == holder).unwrap();
+    let (killed, _) = nodes.remove(index);
+    let killed_at = Instant::now();
+    drop(killed);
+    let survivor = if index == 0 { second_address } else { address };
+    let moved = jobs_until(&survivor, "the receiver moving", |jobs| {
+        jobs.iter().any(|j| {
+            j["id"] == receiver["id"] && j["state"] == "running" && j["node"] != holder.as_str()
+        })
+    });
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(15),
+        "it moved after {:?}",
+        killed_at.elapsed()
+    );
+    let moved = moved.iter().find(|j| j["id"] == receiver["id"]).unwrap();
+    assert_eq!(moved["attempt"], 2);
+    let id = receiver["id"].as_str().unwrap();
+    let (status, _) = post(&survivor, &format!("/api/jobs/{id}/cancel"));
+    assert_eq!(status, 202);
+    jobs_until(&survivor, "the cancellation", |jobs| {
+        count(jobs, "idle-receiver", "cancelled") == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        receivers(&harness),
+        0,
+        "no job outlives its node or its cancellation"
+    );
+}
+
+/// Processes of the scheduled receiver (its replicas directory on their command line).
+fn receivers(harness: &Harness) -> usize {
+    let replicas = harness.path("replicas").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default())
+                .contains(&replicas)
+        })
+        .count()
 }

@@ -12,8 +12,10 @@
 //!
 //! How repositories are opened or copied; it only names them.
 
+mod schedules;
 mod vms;
 
+pub use schedules::{Calendar, Schedule};
 pub use vms::{ActionKind, ActionPosition, DnsSettings, DnsUpdate, Endpoint, Plan, PlanAction, Vm};
 
 use std::collections::BTreeMap;
@@ -104,6 +106,8 @@ pub struct Config {
     pub dns: Option<DnsSettings>,
     pub vms: Vec<Vm>,
     pub plans: Vec<Plan>,
+    /// What `lifeboat serve` runs on a calendar.
+    pub schedules: Vec<Schedule>,
 }
 
 impl Config {
@@ -160,6 +164,8 @@ struct File {
     vm: Vec<Spanned<vms::VmEntry>>,
     #[serde(default)]
     plan: Vec<Spanned<vms::PlanEntry>>,
+    #[serde(default)]
+    schedule: Vec<Spanned<schedules::ScheduleEntry>>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +426,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .transpose()?;
     let vms = vms::vms(&file.vm, &regions, dns.as_ref(), &invalid)?;
     let plans = vms::plans(&file.plan, &vms, &invalid)?;
+    let schedules = schedules::schedules(&file.schedule, &invalid)?;
     if let Some(dns) = &dns {
         for (region, entry) in regions.iter().zip(&file.region) {
             if let (Some(endpoint), Some(spanned)) = (&region.endpoint, &entry.get_ref().endpoint)
@@ -445,6 +452,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         dns,
         vms,
         plans,
+        schedules,
     })
 }
 

@@ -15,7 +15,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::incidents::availability;
 use crate::probes::now_ms;
-use crate::store::{Check, Incident, Store};
+use crate::store::{Check, Incident, Job, Store};
 
 pub struct AppState {
     pub config: Config,
@@ -120,6 +120,48 @@ async fn incidents(State(state): State<Arc<AppState>>, Path(name): Path<String>)
     }
 }
 
+/// The newest jobs (up to 200), newest first.
+#[utoipa::path(get, path = "/api/jobs", responses(
+    (status = 200, description = "jobs", body = Vec<Job>),
+    (status = 503, description = "the state database cannot be read", body = ApiError)))]
+async fn jobs(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.jobs(200).await {
+        Ok(jobs) => Json(jobs).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/jobs/{id}",
+    params(("id" = String, Path, description = "the job")),
+    responses(
+        (status = 200, description = "the job", body = Job),
+        (status = 404, description = "no such job", body = ApiError),
+        (status = 503, description = "the state database cannot be read", body = ApiError)))]
+async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.store.job(&id).await {
+        Ok(Some(job)) => Json(job).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("there is no job '{id}'")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Cancels a job: a queued one at once, a running one within a second (its process is
+/// killed).
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel",
+    params(("id" = String, Path, description = "the job")),
+    responses(
+        (status = 202, description = "cancelled, or being cancelled", body = Job),
+        (status = 404, description = "no such job", body = ApiError),
+        (status = 503, description = "the state database cannot be written", body = ApiError)))]
+async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.store.cancel(&id, now_ms()).await {
+        Ok(Some(job)) => (StatusCode::ACCEPTED, Json(job)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("there is no job '{id}'")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 /// Prometheus text exposition.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut text = String::new();
@@ -155,6 +197,37 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             u8::from(status.open_incident.is_some())
         ));
     }
+    let jobs = match state.store.jobs(1000).await {
+        Ok(jobs) => jobs,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    text.push_str(
+        "# HELP lifeboat_jobs Recent jobs by schedule and state.\n# TYPE lifeboat_jobs gauge\n",
+    );
+    let mut counts: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for job in &jobs {
+        *counts
+            .entry((job.schedule.as_str(), job.state.as_str()))
+            .or_default() += 1;
+    }
+    for ((schedule, job_state), count) in counts {
+        text.push_str(&format!(
+            "lifeboat_jobs{{schedule=\"{schedule}\",state=\"{job_state}\"}} {count}\n"
+        ));
+    }
+    text.push_str("# HELP lifeboat_job_last_duration_seconds Duration of each schedule's newest finished job.\n# TYPE lifeboat_job_last_duration_seconds gauge\n");
+    let mut seen = std::collections::BTreeSet::new();
+    for job in &jobs {
+        if let (Some(started), Some(finished)) = (job.started_ms, job.finished_ms)
+            && seen.insert(job.schedule.as_str())
+        {
+            text.push_str(&format!(
+                "lifeboat_job_last_duration_seconds{{schedule=\"{}\"}} {}\n",
+                job.schedule,
+                (finished - started) as f64 / 1000.0
+            ));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -164,8 +237,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         title = "Lifeboat",
         description = "Disaster recovery for QEMU/KVM virtual machines"
     ),
-    paths(status, incidents),
-    components(schemas(StatusReport, RegionStatus, Incident, Check, ApiError))
+    paths(status, incidents, jobs, job, cancel),
+    components(schemas(StatusReport, RegionStatus, Incident, Check, Job, ApiError))
 )]
 struct ApiDocument;
 
@@ -177,6 +250,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/status", get(status))
         .route("/api/regions/{name}/incidents", get(incidents))
+        .route("/api/jobs", get(jobs))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource".to_string()) })

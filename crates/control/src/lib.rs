@@ -9,18 +9,22 @@
 //!   and availability over a period.
 //! * `store.rs` — the state database (one schema for SQLite and PostgreSQL).
 //! * `probes.rs` — probing each region on its interval.
+//! * `scheduler.rs` — `[[schedule]]`s queued once across nodes, claimed, run as `lifeboat`
+//!   child processes with a heartbeat, queued again when their node dies, cancelled on
+//!   request.
 //! * `api.rs` — the HTTP API (`/api/status`, `/api/regions/{name}/incidents`,
 //!   `/api/openapi.json`, `/metrics`).
 //!
 //! # What this crate must not know
 //!
-//! Repositories, disks or VMs (not yet: the scheduler and the actions of the CLI come
-//! through this API later); the only crate besides storage with an async runtime, and the
-//! only one that speaks HTTP as a server.
+//! Repositories, disks or VMs: jobs are `lifeboat` command lines run as child processes.
+//! The only crate besides storage with an async runtime, and the only one that speaks
+//! HTTP as a server.
 
 pub mod api;
 pub mod incidents;
 pub mod probes;
+pub mod scheduler;
 pub mod store;
 
 use std::sync::Arc;
@@ -45,6 +49,7 @@ pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 pub fn serve(
     config: Config,
     listen: Option<std::net::SocketAddr>,
+    runner: scheduler::JobRunner,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,6 +73,8 @@ pub fn serve(
         for region in &config.regions {
             tokio::spawn(probes::watch(store.clone(), region.clone()));
         }
+        let shared = Arc::new(config.clone());
+        tokio::spawn(scheduler::run(store.clone(), shared, runner));
         let address = listen.unwrap_or(config.listen);
         let listener = tokio::net::TcpListener::bind(address)
             .await

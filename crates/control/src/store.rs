@@ -4,14 +4,25 @@
 //! ```sql
 //! incidents (id TEXT PRIMARY KEY, region TEXT, opened_ms BIGINT, closed_ms BIGINT NULL, reason TEXT)
 //! region_checks (region TEXT PRIMARY KEY, checked_ms BIGINT, ok INTEGER, detail TEXT)
+//! jobs (id TEXT PRIMARY KEY, schedule TEXT, due_ms BIGINT, state TEXT, node TEXT NULL,
+//!       attempt BIGINT, created_ms BIGINT, started_ms BIGINT NULL, heartbeat_ms BIGINT NULL,
+//!       finished_ms BIGINT NULL, output TEXT NULL, UNIQUE (schedule, due_ms))
 //! ```
+//!
+//! A job exists once per schedule and due moment (the unique key): of several nodes
+//! enqueuing it, one succeeds. A node claims a queued job with an update that only
+//! succeeds while it is still queued; it keeps the job's heartbeat fresh while it runs, and
+//! a job whose heartbeat went stale (its node died) is queued again for another node.
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 use crate::{ControlError, Result};
 
-const SCHEMA: [&str; 2] = [
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, schedule TEXT NOT NULL, due_ms BIGINT NOT NULL, \
+     state TEXT NOT NULL, node TEXT, attempt BIGINT NOT NULL, created_ms BIGINT NOT NULL, started_ms BIGINT, \
+     heartbeat_ms BIGINT, finished_ms BIGINT, output TEXT, UNIQUE (schedule, due_ms))",
     "CREATE TABLE IF NOT EXISTS incidents (id TEXT PRIMARY KEY, region TEXT NOT NULL, \
      opened_ms BIGINT NOT NULL, closed_ms BIGINT, reason TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS region_checks (region TEXT PRIMARY KEY, checked_ms BIGINT NOT NULL, \
@@ -36,6 +47,42 @@ pub struct Check {
     pub detail: String,
 }
 
+/// A run of a schedule.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub schedule: String,
+    pub due_ms: i64,
+    /// `queued`, `running`, `cancel-requested`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// The node running or that ran it.
+    pub node: Option<String>,
+    /// Runs started (more than one when a node died while running it).
+    pub attempt: i64,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub heartbeat_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// The end of what the command printed.
+    pub output: Option<String>,
+}
+
+fn job(row: &sqlx::any::AnyRow) -> Result<Job, sqlx::Error> {
+    Ok(Job {
+        id: row.try_get(0)?,
+        schedule: row.try_get(1)?,
+        due_ms: row.try_get(2)?,
+        state: row.try_get(3)?,
+        node: row.try_get(4)?,
+        attempt: row.try_get(5)?,
+        created_ms: row.try_get(6)?,
+        started_ms: row.try_get(7)?,
+        heartbeat_ms: row.try_get(8)?,
+        finished_ms: row.try_get(9)?,
+        output: row.try_get(10)?,
+    })
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -46,6 +93,12 @@ fn failed(what: &str) -> impl Fn(sqlx::Error) -> ControlError + '_ {
         what: what.to_string(),
         detail: error.to_string(),
     }
+}
+
+fn new_id() -> String {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).expect("the system has randomness");
+    hex::encode(id)
 }
 
 impl Store {
@@ -69,15 +122,152 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Queues the run of `schedule` due at `due_ms`, unless it exists; true if queued now.
+    pub async fn enqueue(&self, schedule: &str, due_ms: i64, now_ms: i64) -> Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO jobs (id, schedule, due_ms, state, node, attempt, created_ms) \
+             VALUES ($1, $2, $3, 'queued', NULL, 0, $4) ON CONFLICT (schedule, due_ms) DO NOTHING",
+        )
+        .bind(new_id())
+        .bind(schedule)
+        .bind(due_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("queue a job"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Claims the oldest queued job for `node`, if any.
+    pub async fn claim(&self, node: &str, now_ms: i64) -> Result<Option<Job>> {
+        let candidates =
+            sqlx::query("SELECT id FROM jobs WHERE state = 'queued' ORDER BY due_ms LIMIT 4")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(failed("find queued jobs"))?;
+        for row in candidates {
+            let id: String = row.try_get(0).map_err(failed("find queued jobs"))?;
+            let claimed = sqlx::query(
+                "UPDATE jobs SET state = 'running', node = $1, attempt = attempt + 1, started_ms = $2, \
+                 heartbeat_ms = $2 WHERE id = $3 AND state = 'queued'",
+            )
+            .bind(node)
+            .bind(now_ms)
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .map_err(failed("claim a job"))?;
+            if claimed.rows_affected() == 1 {
+                return self.job(&id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<Job>> {
+        let row = sqlx::query(
+            "SELECT id, schedule, due_ms, state, node, attempt, created_ms, started_ms, heartbeat_ms, \
+             finished_ms, output FROM jobs WHERE id = $1",
+        )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed("read a job"))?;
+        row.map(|row| job(&row))
+            .transpose()
+            .map_err(failed("read a job"))
+    }
+
+    /// The newest `limit` jobs.
+    pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT id, schedule, due_ms, state, node, attempt, created_ms, started_ms, heartbeat_ms, \
+             finished_ms, output FROM jobs ORDER BY created_ms DESC, due_ms DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed("read jobs"))?;
+        rows.iter()
+            .map(job)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed("read jobs"))
+    }
+
+    /// Keeps a running job's heartbeat fresh; returns its state (to see a cancellation).
+    pub async fn heartbeat(&self, id: &str, node: &str, now_ms: i64) -> Result<Option<String>> {
+        sqlx::query("UPDATE jobs SET heartbeat_ms = $1 WHERE id = $2 AND node = $3")
+            .bind(now_ms)
+            .bind(id)
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map_err(failed("refresh a job"))?;
+        Ok(self.job(id).await?.map(|job| job.state))
+    }
+
+    /// Records how a job ended.
+    pub async fn finish(
+        &self,
+        id: &str,
+        node: &str,
+        state: &str,
+        output: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = $1, output = $2, finished_ms = $3 WHERE id = $4 AND node = $5",
+        )
+        .bind(state)
+        .bind(output)
+        .bind(now_ms)
+        .bind(id)
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("finish a job"))?;
+        Ok(())
+    }
+
+    /// Queues again the running jobs whose node stopped refreshing them before
+    /// `stale_before_ms`; returns how many.
+    pub async fn requeue_stale(&self, stale_before_ms: i64) -> Result<u64> {
+        let result = sqlx::query(
+            "UPDATE jobs SET state = 'queued', node = NULL WHERE state IN ('running', 'cancel-requested') \
+             AND heartbeat_ms < $1",
+        )
+        .bind(stale_before_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("requeue jobs"))?;
+        Ok(result.rows_affected())
+    }
+
+    /// Asks for a job to be cancelled: a queued one is at once, a running one by its node.
+    pub async fn cancel(&self, id: &str, now_ms: i64) -> Result<Option<Job>> {
+        sqlx::query("UPDATE jobs SET state = 'cancelled', finished_ms = $1 WHERE id = $2 AND state = 'queued'")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(failed("cancel a job"))?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancel-requested' WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("cancel a job"))?;
+        self.job(id).await
+    }
+
     pub async fn open_incident(
         &self,
         region: &str,
         opened_ms: i64,
         reason: &str,
     ) -> Result<String> {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).expect("the system has randomness");
-        let id = hex::encode(id);
+        let id = new_id();
         sqlx::query("INSERT INTO incidents (id, region, opened_ms, closed_ms, reason) VALUES ($1, $2, $3, NULL, $4)")
             .bind(&id)
             .bind(region)

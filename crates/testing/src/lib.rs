@@ -2,6 +2,7 @@
 //!
 //! * `s3.rs` — [`S3Server`]: `s3s-fs`, an S3-compatible server.
 //! * `azurite.rs` — [`AzuriteServer`]: Azurite, Microsoft's Azure Blob Storage emulator.
+//! * `postgres.rs` — [`PostgresServer`]: a private PostgreSQL cluster.
 //! * `proxy.rs` — [`LinkProxy`]: a TCP proxy whose link can be cut, restored and delayed.
 //!
 //! Both are installed by `scripts/test.sh`, keep their objects in a directory (so they
@@ -11,10 +12,12 @@
 use std::net::TcpListener;
 
 mod azurite;
+mod postgres;
 mod proxy;
 mod s3;
 
 pub use azurite::AzuriteServer;
+pub use postgres::PostgresServer;
 pub use proxy::LinkProxy;
 pub use s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 

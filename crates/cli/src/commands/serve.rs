@@ -9,11 +9,32 @@ pub fn run(global: &GlobalOptions, arguments: &ServeArguments) -> anyhow::Result
     let config = required_config(global)?;
     let json = global.json;
     let database = config.database.clone();
-    lifeboat_control::serve(config, arguments.listen, |address| {
+    let mut job_arguments = vec!["--config".to_string(), config.path.display().to_string()];
+    if let Some(file) = &global.password_file {
+        job_arguments.push("--password-file".to_string());
+        job_arguments.push(file.display().to_string());
+    }
+    let mut node = [0u8; 4];
+    lifeboat_repository::crypto::fill_random(&mut node);
+    let runner = lifeboat_control::scheduler::JobRunner {
+        node: format!(
+            "{}-{}",
+            lifeboat_orchestration::audit::actor()
+                .rsplit('@')
+                .next()
+                .unwrap_or("node"),
+            node.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+        executable: std::env::current_exe()?,
+        arguments: job_arguments,
+    };
+    let node_name = runner.node.clone();
+    lifeboat_control::serve(config, arguments.listen, runner, |address| {
         if json {
             let _ = print_json_line(&serde_json::json!({
                 "listen": address.to_string(),
                 "database": database,
+                "node": node_name,
             }));
         } else {
             eprintln!("serving the API on http://{address} (state in {database})");
