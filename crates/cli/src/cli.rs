@@ -106,6 +106,23 @@ pub enum Command {
     /// The control plane: probes regions (incidents, availability against the SLA) and
     /// serves the HTTP API (/api/status, /api/openapi.json) and /metrics.
     Serve(ServeArguments),
+    /// Users of the API served by lifeboat serve.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (or change its role) and print a new API token for it.
+    Add(UserAddArguments),
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArguments {
+    pub name: String,
+    /// reader (reads), operator (also acts: cancels jobs, …), admin.
+    #[arg(long, default_value = "reader")]
+    pub role: String,
 }
 
 #[derive(Debug, Args)]

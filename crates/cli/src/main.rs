@@ -50,6 +50,9 @@ fn main() -> ExitCode {
         Command::Plan(command) => commands::failover::plan(&cli.global, command),
         Command::Audit(arguments) => commands::failover::audit(&cli.global, arguments),
         Command::Serve(arguments) => commands::serve::run(&cli.global, arguments),
+        Command::User(crate::cli::UserCommand::Add(arguments)) => {
+            commands::serve::add_user(&cli.global, arguments)
+        }
         Command::Vm(VmCommand::Stop(arguments)) => commands::failover::stop(&cli.global, arguments),
         Command::Vm(VmCommand::Hydrate(arguments)) => {
             orchestrator::hydrate(&arguments.home, arguments.disks).map(|()| 0)

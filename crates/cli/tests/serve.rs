@@ -55,11 +55,21 @@ fn serve_node(harness: &Harness, config: &std::path::Path) -> (Killed, String, S
 }
 
 /// POST `path` with an empty body; the status code and body.
-fn post(address: &str, path: &str) -> (u16, String) {
+fn post(address: &str, path: &str, token: &str) -> (u16, String) {
+    request(address, "POST", path, token)
+}
+
+/// `method path` with a bearer `token` (none when empty); the status code and body.
+fn request(address: &str, method: &str, path: &str, token: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
+    let authorization = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     write!(
         stream,
-        "POST {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -72,6 +82,22 @@ fn post(address: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `lifeboat user add NAME --role ROLE`: its token.
+fn user(harness: &Harness, config: &std::path::Path, name: &str, role: &str) -> String {
+    let output = harness
+        .configured(config)
+        .args(["--json", "user", "add", name, "--role", role])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    created["token"].as_str().unwrap().to_string()
+}
+
 fn jobs(address: &str) -> Vec<Value> {
     let (status, body) = get(address, "/api/jobs");
     assert_eq!(status, 200, "{body}");
@@ -82,11 +108,31 @@ fn jobs(address: &str) -> Vec<Value> {
         .clone()
 }
 
+/// GET with a bearer token.
+fn get_with(address: &str, path: &str, token: &str) -> (u16, String) {
+    request(address, "GET", path, token)
+}
+
 /// Polls the jobs until `check` holds (within 60 s).
 fn jobs_until(address: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    jobs_until_with(address, "", what, check)
+}
+
+fn jobs_until_with(
+    address: &str,
+    token: &str,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let jobs = jobs(address);
+        let (status, body) = get_with(address, "/api/jobs", token);
+        assert_eq!(status, 200, "{body}");
+        let jobs: Vec<Value> = serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone();
         if check(&jobs) {
             return jobs;
         }
@@ -268,9 +314,26 @@ fn schedules_run_as_jobs_with_history_and_a_running_job_is_cancelled() {
         .as_str()
         .unwrap()
         .to_string();
-    let (status, _) = post(&address, &format!("/api/jobs/{id}/cancel"));
+    // Until a user exists the API only reads; then actions need an operator's token.
+    let cancel = format!("/api/jobs/{id}/cancel");
+    let (status, body) = post(&address, &cancel, "");
+    assert_eq!(status, 401);
+    assert!(body.contains("lifeboat user add"), "{body}");
+    let reader = user(&harness, &config, "watcher", "reader");
+    let operator = user(&harness, &config, "ops", "operator");
+    assert_eq!(
+        get_with(&address, "/api/jobs", "").0,
+        401,
+        "anonymous reads end with the first user"
+    );
+    assert_eq!(get_with(&address, "/api/jobs", &reader).0, 200);
+    assert_eq!(post(&address, &cancel, "lb_forged_token").0, 401);
+    let (status, body) = post(&address, &cancel, &reader);
+    assert_eq!(status, 403);
+    assert!(body.contains("needs an operator"), "{body}");
+    let (status, _) = post(&address, &cancel, &operator);
     assert_eq!(status, 202);
-    jobs_until(&address, "the cancellation", |jobs| {
+    jobs_until_with(&address, &reader, "the cancellation", |jobs| {
         count(jobs, "idle-receiver", "cancelled") == 1
     });
     assert_eq!(
@@ -278,8 +341,19 @@ fn schedules_run_as_jobs_with_history_and_a_running_job_is_cancelled() {
         0,
         "the cancelled job's process is gone"
     );
-    let (status, _) = post(&address, "/api/jobs/nothing/cancel");
+    let (status, _) = post(&address, "/api/jobs/nothing/cancel", &operator);
     assert_eq!(status, 404);
+    // Who did it is on record; readers may not look.
+    let (status, body) = get_with(&address, "/api/audit", &operator);
+    assert_eq!(status, 200);
+    let audit: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        audit.as_array().unwrap().iter().any(|e| {
+            e["actor"] == "ops" && e["action"] == "cancel job" && e["target"] == id.as_str()
+        }),
+        "{audit:#}"
+    );
+    assert_eq!(get_with(&address, "/api/audit", &reader).0, 403);
     let (_, metrics) = get(&address, "/metrics");
     assert!(
         metrics.contains("lifeboat_jobs{schedule=\"db1-backup\",state=\"succeeded\"}"),
@@ -347,9 +421,10 @@ fn two_nodes_on_postgresql_run_each_job_once_and_a_killed_nodes_work_moves_withi
     let moved = moved.iter().find(|j| j["id"] == receiver["id"]).unwrap();
     assert_eq!(moved["attempt"], 2);
     let id = receiver["id"].as_str().unwrap();
-    let (status, _) = post(&survivor, &format!("/api/jobs/{id}/cancel"));
+    let operator = user(&harness, &config, "ops", "operator");
+    let (status, _) = post(&survivor, &format!("/api/jobs/{id}/cancel"), &operator);
     assert_eq!(status, 202);
-    jobs_until(&survivor, "the cancellation", |jobs| {
+    jobs_until_with(&survivor, &operator, "the cancellation", |jobs| {
         count(jobs, "idle-receiver", "cancelled") == 1
     });
     std::thread::sleep(Duration::from_millis(500));

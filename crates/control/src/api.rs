@@ -16,6 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::incidents::availability;
 use crate::probes::now_ms;
 use crate::store::{Check, Incident, Job, Store};
+use crate::users::{AuditEntry, Identity, Role};
 
 pub struct AppState {
     pub config: Config,
@@ -154,12 +155,120 @@ async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Resp
         (status = 202, description = "cancelled, or being cancelled", body = Job),
         (status = 404, description = "no such job", body = ApiError),
         (status = 503, description = "the state database cannot be written", body = ApiError)))]
-async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.store.cancel(&id, now_ms()).await {
-        Ok(Some(job)) => (StatusCode::ACCEPTED, Json(job)).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("there is no job '{id}'")),
+async fn cancel(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    Path(id): Path<String>,
+) -> Response {
+    let (response, result) = match state.store.cancel(&id, now_ms()).await {
+        Ok(Some(job)) => {
+            let result = format!("job is {}", job.state);
+            ((StatusCode::ACCEPTED, Json(job)).into_response(), result)
+        }
+        Ok(None) => (
+            error(StatusCode::NOT_FOUND, format!("there is no job '{id}'")),
+            "no such job".to_string(),
+        ),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    if let Err(e) = state
+        .store
+        .audit(&identity.user, "cancel job", &id, &result, now_ms())
+        .await
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    response
+}
+
+/// The newest actions (up to 500), with who did them. Operators and admins only.
+#[utoipa::path(get, path = "/api/audit", responses(
+    (status = 200, description = "actions, newest first", body = Vec<AuditEntry>),
+    (status = 403, description = "readers may not read it", body = ApiError)))]
+async fn audit(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(identity): axum::Extension<Identity>,
+) -> Response {
+    if identity.role < Role::Operator {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "user '{}' is a {}: the audit log needs an operator or admin",
+                identity.user,
+                identity.role.as_str()
+            ),
+        );
+    }
+    match state.store.audit_log(500).await {
+        Ok(entries) => Json(entries).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Authentication and roles: `/metrics` and `/api/openapi.json` are open; every other
+/// request carries `Authorization: Bearer TOKEN`, reads need a reader, anything else an
+/// operator. Until a user exists the API only reads, anonymously.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/metrics" || path == "/api/openapi.json" || !path.starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let reading = request.method() == axum::http::Method::GET;
+    let has_users = match state.store.has_users().await {
+        Ok(has) => has,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let identity = match (has_users, token) {
+        (false, _) if reading => Identity {
+            user: "anonymous".to_string(),
+            role: Role::Reader,
+        },
+        (false, _) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "no user exists yet, so the API only reads: create one with lifeboat user add NAME --role operator".to_string(),
+            );
+        }
+        (true, None) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "give a token: Authorization: Bearer TOKEN (lifeboat user add makes one)"
+                    .to_string(),
+            );
+        }
+        (true, Some(token)) => match state.store.authenticate(&token).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "this token is not valid".to_string(),
+                );
+            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+    };
+    if !reading && identity.role < Role::Operator {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "user '{}' is a {}: this action needs an operator or admin",
+                identity.user,
+                identity.role.as_str()
+            ),
+        );
+    }
+    request.extensions_mut().insert(identity);
+    next.run(request).await
 }
 
 /// Prometheus text exposition.
@@ -237,8 +346,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         title = "Lifeboat",
         description = "Disaster recovery for QEMU/KVM virtual machines"
     ),
-    paths(status, incidents, jobs, job, cancel),
-    components(schemas(StatusReport, RegionStatus, Incident, Check, Job, ApiError))
+    paths(status, incidents, jobs, job, cancel, audit),
+    components(schemas(StatusReport, RegionStatus, Incident, Check, Job, AuditEntry, ApiError))
 )]
 struct ApiDocument;
 
@@ -253,8 +362,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
+        .route("/api/audit", get(audit))
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource".to_string()) })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
         .with_state(state)
 }

@@ -12,6 +12,8 @@
 //! * `scheduler.rs` — `[[schedule]]`s queued once across nodes, claimed, run as `lifeboat`
 //!   child processes with a heartbeat, queued again when their node dies, cancelled on
 //!   request.
+//! * `users.rs` — users, roles (reader, operator, admin), API tokens (Argon2id hashes) and
+//!   the audit table of actions.
 //! * `api.rs` — the HTTP API (`/api/status`, `/api/regions/{name}/incidents`,
 //!   `/api/openapi.json`, `/metrics`).
 //!
@@ -26,6 +28,7 @@ pub mod incidents;
 pub mod probes;
 pub mod scheduler;
 pub mod store;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -35,6 +38,8 @@ use lifeboat_config::Config;
 pub enum ControlError {
     #[error("state database: cannot {what}: {detail}")]
     Database { what: String, detail: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot serve HTTP on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -90,5 +95,29 @@ pub fn serve(
                 address: bound,
                 source,
             })
+    })
+}
+
+/// Runs `work` on a small runtime against `config`'s database: for CLI commands that
+/// manage the control plane's state (`lifeboat user add`).
+pub fn with_store<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&store::Store) -> Result<T>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ControlError::Invalid(format!("cannot start a runtime: {e}")))?;
+    runtime.block_on(async {
+        if let Some(parent) = config
+            .database
+            .strip_prefix("sqlite://")
+            .map(std::path::Path::new)
+            .and_then(|p| p.parent())
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let store = store::Store::open(&config.database).await?;
+        work(&store).await
     })
 }

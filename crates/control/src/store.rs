@@ -4,6 +4,9 @@
 //! ```sql
 //! incidents (id TEXT PRIMARY KEY, region TEXT, opened_ms BIGINT, closed_ms BIGINT NULL, reason TEXT)
 //! region_checks (region TEXT PRIMARY KEY, checked_ms BIGINT, ok INTEGER, detail TEXT)
+//! users (name TEXT PRIMARY KEY, role TEXT, created_ms BIGINT)
+//! tokens (id TEXT PRIMARY KEY, name TEXT, salt TEXT, hash TEXT, created_ms BIGINT)
+//! audit (id TEXT PRIMARY KEY, time_ms BIGINT, actor TEXT, action TEXT, target TEXT, result TEXT)
 //! jobs (id TEXT PRIMARY KEY, schedule TEXT, due_ms BIGINT, state TEXT, node TEXT NULL,
 //!       attempt BIGINT, created_ms BIGINT, started_ms BIGINT NULL, heartbeat_ms BIGINT NULL,
 //!       finished_ms BIGINT NULL, output TEXT NULL, UNIQUE (schedule, due_ms))
@@ -19,7 +22,12 @@ use sqlx::{AnyPool, Row};
 
 use crate::{ControlError, Result};
 
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 6] = [
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, salt TEXT NOT NULL, \
+     hash TEXT NOT NULL, created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, time_ms BIGINT NOT NULL, actor TEXT NOT NULL, \
+     action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, schedule TEXT NOT NULL, due_ms BIGINT NOT NULL, \
      state TEXT NOT NULL, node TEXT, attempt BIGINT NOT NULL, created_ms BIGINT NOT NULL, started_ms BIGINT, \
      heartbeat_ms BIGINT, finished_ms BIGINT, output TEXT, UNIQUE (schedule, due_ms))",
@@ -88,20 +96,24 @@ pub struct Store {
     pool: AnyPool,
 }
 
-fn failed(what: &str) -> impl Fn(sqlx::Error) -> ControlError + '_ {
+pub(crate) fn failed(what: &str) -> impl Fn(sqlx::Error) -> ControlError + '_ {
     move |error| ControlError::Database {
         what: what.to_string(),
         detail: error.to_string(),
     }
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).expect("the system has randomness");
     hex::encode(id)
 }
 
 impl Store {
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Connects to `url` and creates the schema if needed.
     pub async fn open(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();

@@ -1,8 +1,8 @@
 //! `lifeboat serve`: the control plane (region health, incidents and SLA, the HTTP API and
 //! metrics), on the configuration's embedded defaults unless it says otherwise.
 
-use crate::cli::{GlobalOptions, ServeArguments};
-use crate::output::print_json_line;
+use crate::cli::{GlobalOptions, ServeArguments, UserAddArguments};
+use crate::output::{print_json, print_json_line};
 use crate::repository::required_config;
 
 pub fn run(global: &GlobalOptions, arguments: &ServeArguments) -> anyhow::Result<u8> {
@@ -40,5 +40,31 @@ pub fn run(global: &GlobalOptions, arguments: &ServeArguments) -> anyhow::Result
             eprintln!("serving the API on http://{address} (state in {database})");
         }
     })?;
+    Ok(0)
+}
+
+/// `lifeboat user add NAME --role ROLE`: prints the new token once; only its hash is kept.
+pub fn add_user(global: &GlobalOptions, arguments: &UserAddArguments) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let role = lifeboat_control::users::Role::parse(&arguments.role).ok_or_else(|| {
+        anyhow::anyhow!("role '{}': give reader, operator or admin", arguments.role)
+    })?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let token = lifeboat_control::with_store(&config, async |store| {
+        store.add_user(&arguments.name, role, now).await
+    })?;
+    if global.json {
+        print_json(&serde_json::json!({
+            "user": arguments.name,
+            "role": role.as_str(),
+            "token": token,
+        }))?;
+    } else {
+        println!(
+            "user '{}' ({}); its token, shown once:\n{token}",
+            arguments.name,
+            role.as_str()
+        );
+    }
     Ok(0)
 }
