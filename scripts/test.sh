@@ -19,6 +19,9 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v flock >/dev/null || need+=(util-linux)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v named >/dev/null || need+=(bind9)
+# curl and openssl: the control plane's HTTPS is checked with a self-signed certificate.
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 # PostgreSQL's server binaries (the control plane's shared state; tests start their own
 # cluster on a free port, the system service is left stopped).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

@@ -447,3 +447,90 @@ fn receivers(harness: &Harness) -> usize {
         })
         .count()
 }
+
+#[test]
+fn the_api_speaks_https_with_the_configured_certificate_and_bad_tls_settings_are_refused_clearly() {
+    let harness = Harness::uninitialised();
+    let generated = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=lifeboat",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(harness.path("key.pem"))
+        .arg("-out")
+        .arg(harness.path("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    let config = harness.path("lifeboat.toml");
+    let region = format!(
+        "[[region]]\nname = \"west\"\nrepository = \"{}\"\n",
+        harness.path("west").display()
+    );
+    std::fs::write(
+        &config,
+        format!("[settings]\ntls_certificate = \"cert.pem\"\ntls_key = \"key.pem\"\n\n{region}"),
+    )
+    .unwrap();
+    let (_server, address) = serve(&harness, &config);
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .args(extra)
+            .arg(format!("https://{address}/api/status"))
+            .output()
+            .unwrap()
+    };
+    let trusted = curl(&["--cacert", harness.path("cert.pem").to_str().unwrap()]);
+    assert!(trusted.status.success());
+    let status: Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert_eq!(status["regions"][0]["name"], "west");
+    assert!(
+        !curl(&[]).status.success(),
+        "an unknown certificate is not trusted"
+    );
+    let plain = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://{address}/api/status"))
+        .output()
+        .unwrap();
+    assert!(
+        serde_json::from_slice::<Value>(&plain.stdout).is_err(),
+        "no plain HTTP answers"
+    );
+    // Half the settings, or a key that is not one: clear errors.
+    std::fs::write(
+        &config,
+        format!("[settings]\ntls_certificate = \"cert.pem\"\n\n{region}"),
+    )
+    .unwrap();
+    let half = harness.configured(&config).arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&half.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("give 'tls_key' too"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &config,
+        format!("[settings]\ntls_certificate = \"cert.pem\"\ntls_key = \"cert.pem\"\n\n{region}"),
+    )
+    .unwrap();
+    let wrong = harness
+        .configured(&config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("cannot use the TLS certificate"),
+        "{stderr}"
+    );
+}

@@ -101,6 +101,9 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// Its state database: `sqlite://…` (default `<state>/lifeboat.db`) or `postgres://…`.
     pub database: String,
+    /// HTTPS: the PEM certificate chain and private key (`[settings] tls_certificate`,
+    /// `tls_key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub regions: Vec<Region>,
     /// The built-in DNS server, when configured.
     pub dns: Option<DnsSettings>,
@@ -176,6 +179,10 @@ struct Settings {
     listen: Option<Spanned<String>>,
     /// `sqlite://…` or `postgres://…`; default SQLite in the state directory.
     database: Option<String>,
+    /// PEM files of the certificate (chain) and private key `lifeboat serve` answers HTTPS
+    /// with.
+    tls_certificate: Option<Spanned<String>>,
+    tls_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +419,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             )
         })?,
     };
+    let tls = match settings.map(|s| (&s.tls_certificate, &s.tls_key)) {
+        Some((Some(certificate), Some(key))) => Some((
+            directory.join(certificate.get_ref().trim()),
+            directory.join(key.trim()),
+        )),
+        Some((Some(certificate), None)) => {
+            return Err(invalid(
+                certificate.span(),
+                "key 'tls_certificate': give 'tls_key' too (the PEM private key)".to_string(),
+            ));
+        }
+        Some((None, Some(_))) => {
+            return Err(invalid(
+                file.settings.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                "key 'tls_key': give 'tls_certificate' too (the PEM certificate chain)".to_string(),
+            ));
+        }
+        _ => None,
+    };
     let database = match settings.and_then(|s| s.database.clone()) {
         Some(url) => url,
         None => format!(
@@ -448,6 +474,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         state_directory,
         listen,
         database,
+        tls,
         regions,
         dns,
         vms,

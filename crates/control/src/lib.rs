@@ -50,12 +50,12 @@ pub enum ControlError {
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 
 /// Runs the control plane for `config` until the process ends; calls `ready` with the
-/// address it answers on.
+/// address it answers on and whether it speaks HTTPS.
 pub fn serve(
     config: Config,
     listen: Option<std::net::SocketAddr>,
     runner: scheduler::JobRunner,
-    ready: impl FnOnce(std::net::SocketAddr),
+    ready: impl FnOnce(std::net::SocketAddr, bool),
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,20 +81,52 @@ pub fn serve(
         let shared = Arc::new(config.clone());
         tokio::spawn(scheduler::run(store.clone(), shared, runner));
         let address = listen.unwrap_or(config.listen);
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
+        let listener = std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| ControlError::Listen { address, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| ControlError::Listen { address, source })?;
-        ready(bound);
+        let tls = match &config.tls {
+            Some((certificate, key)) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key)
+                    .await
+                    .map_err(|e| {
+                        ControlError::Invalid(format!(
+                            "cannot use the TLS certificate {} and key {}: {e}",
+                            certificate.display(),
+                            key.display()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        ready(bound, tls.is_some());
         let app = api::router(Arc::new(api::AppState { config, store }));
-        axum::serve(listener, app)
-            .await
-            .map_err(|source| ControlError::Listen {
-                address: bound,
-                source,
-            })
+        let served = match tls {
+            Some(tls) => {
+                axum_server::from_tcp_rustls(listener, tls)
+                    .map_err(|source| ControlError::Listen {
+                        address: bound,
+                        source,
+                    })?
+                    .serve(app.into_make_service())
+                    .await
+            }
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
+                    ControlError::Listen {
+                        address: bound,
+                        source,
+                    }
+                })?;
+                axum::serve(listener, app).await
+            }
+        };
+        served.map_err(|source| ControlError::Listen {
+            address: bound,
+            source,
+        })
     })
 }
 

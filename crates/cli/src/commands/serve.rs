@@ -29,15 +29,17 @@ pub fn run(global: &GlobalOptions, arguments: &ServeArguments) -> anyhow::Result
         arguments: job_arguments,
     };
     let node_name = runner.node.clone();
-    lifeboat_control::serve(config, arguments.listen, runner, |address| {
+    lifeboat_control::serve(config, arguments.listen, runner, |address, tls| {
+        let scheme = if tls { "https" } else { "http" };
         if json {
             let _ = print_json_line(&serde_json::json!({
                 "listen": address.to_string(),
+                "url": format!("{scheme}://{address}"),
                 "database": database,
                 "node": node_name,
             }));
         } else {
-            eprintln!("serving the API on http://{address} (state in {database})");
+            eprintln!("serving the API on {scheme}://{address} (state in {database})");
         }
     })?;
     Ok(0)
