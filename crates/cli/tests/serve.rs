@@ -534,3 +534,56 @@ fn the_api_speaks_https_with_the_configured_certificate_and_bad_tls_settings_are
         "{stderr}"
     );
 }
+
+#[test]
+fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_region() {
+    use common::replication::{Protect, follow, raw_disk, status_until};
+    let harness = Harness::new();
+    let config = harness.path("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[region]]\nname = \"east\"\nrepository = \"{}\"\n",
+            harness.repository.display()
+        ),
+    )
+    .unwrap();
+    let disk = raw_disk(&harness, "db1.raw", "4M");
+    let _protect = Protect::start(&harness, "shop", &[("db1".to_string(), vec![disk])], "0.3");
+    let (_receiver, _) = follow(&harness, "shop", &harness.path("replicas"), &[]);
+    status_until(&harness, "shop", |status| status["rpo_seconds"].is_number());
+    let (_server, address) = serve(&harness, &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, metrics) = get(&address, "/metrics");
+        if metrics.contains("lifeboat_vm_rpo_seconds{group=\"shop\",vm=\"db1\"}") {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no RPO in the metrics:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        metrics.contains("lifeboat_group_rpo_seconds{group=\"shop\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lifeboat_vm_pending_bytes{group=\"shop\",vm=\"db1\"}"),
+        "{metrics}"
+    );
+    let points: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("lifeboat_region_points{region=\"east\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(points >= 1, "{metrics}");
+    let (status, body) = get(&address, "/api/replication");
+    assert_eq!(status, 200);
+    let replication: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        replication["status"]["replication"][0]["groups"][0]["group"],
+        "shop"
+    );
+}

@@ -21,6 +21,8 @@ use crate::users::{AuditEntry, Identity, Role};
 pub struct AppState {
     pub config: Config,
     pub store: Store,
+    /// The newest `lifeboat status`.
+    pub snapshot: crate::replication::Shared,
 }
 
 /// One region as the status page shows it.
@@ -271,6 +273,20 @@ async fn authorize(
     next.run(request).await
 }
 
+/// The newest `lifeboat status` (regions, repositories, the RPO of every replicated group
+/// and VM), read every 10 s.
+#[utoipa::path(get, path = "/api/replication", responses(
+    (status = 200, description = "the status, with read_ms and error", body = Object)))]
+async fn replication(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = state.snapshot.read().await.clone();
+    Json(serde_json::json!({
+        "read_ms": snapshot.read_ms,
+        "error": snapshot.error,
+        "status": snapshot.status,
+    }))
+    .into_response()
+}
+
 /// Prometheus text exposition.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut text = String::new();
@@ -337,6 +353,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ));
         }
     }
+    if let Some(status) = &state.snapshot.read().await.status {
+        text.push_str(&crate::replication::metrics(status));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -346,7 +365,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         title = "Lifeboat",
         description = "Disaster recovery for QEMU/KVM virtual machines"
     ),
-    paths(status, incidents, jobs, job, cancel, audit),
+    paths(status, incidents, jobs, job, cancel, audit, replication),
     components(schemas(StatusReport, RegionStatus, Incident, Check, Job, AuditEntry, ApiError))
 )]
 struct ApiDocument;
@@ -363,6 +382,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
         .route("/api/audit", get(audit))
+        .route("/api/replication", get(replication))
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource".to_string()) })

@@ -12,6 +12,8 @@
 //! * `scheduler.rs` — `[[schedule]]`s queued once across nodes, claimed, run as `lifeboat`
 //!   child processes with a heartbeat, queued again when their node dies, cancelled on
 //!   request.
+//! * `replication.rs` — `lifeboat --json status` read every 10 s: RPO and lag of every
+//!   replicated group and VM, points per region, for `/api/replication` and `/metrics`.
 //! * `users.rs` — users, roles (reader, operator, admin), API tokens (Argon2id hashes) and
 //!   the audit table of actions.
 //! * `api.rs` — the HTTP API (`/api/status`, `/api/regions/{name}/incidents`,
@@ -26,6 +28,7 @@
 pub mod api;
 pub mod incidents;
 pub mod probes;
+pub mod replication;
 pub mod scheduler;
 pub mod store;
 pub mod users;
@@ -79,6 +82,8 @@ pub fn serve(
             tokio::spawn(probes::watch(store.clone(), region.clone()));
         }
         let shared = Arc::new(config.clone());
+        let snapshot = replication::Shared::default();
+        tokio::spawn(replication::poll(runner.clone(), snapshot.clone()));
         tokio::spawn(scheduler::run(store.clone(), shared, runner));
         let address = listen.unwrap_or(config.listen);
         let listener = std::net::TcpListener::bind(address)
@@ -102,7 +107,11 @@ pub fn serve(
             None => None,
         };
         ready(bound, tls.is_some());
-        let app = api::router(Arc::new(api::AppState { config, store }));
+        let app = api::router(Arc::new(api::AppState {
+            config,
+            store,
+            snapshot,
+        }));
         let served = match tls {
             Some(tls) => {
                 axum_server::from_tcp_rustls(listener, tls)
