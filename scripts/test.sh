@@ -67,6 +67,20 @@ if ! command -v azurite-blob >/dev/null; then
     npm install --global --silent azurite@3.37.0 >/dev/null
 fi
 
+# schemathesis (PyPI), which fuzzes lifeboat serve's API from its OpenAPI document, in a
+# virtual environment of its own.
+SCHEMATHESIS_VENV=/opt/lifeboat-test/schemathesis
+if [ ! -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]; then
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -m venv "$SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/pip" install --quiet schemathesis==4.32.5
+fi
+export LIFEBOAT_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -587,3 +587,32 @@ fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_r
         "shop"
     );
 }
+
+#[test]
+fn schemathesis_finds_no_server_error_nor_a_response_outside_the_openapi_document() {
+    let schemathesis = std::env::var("LIFEBOAT_SCHEMATHESIS")
+        .unwrap_or_else(|_| "/opt/lifeboat-test/schemathesis/bin/schemathesis".to_string());
+    assert!(
+        std::path::Path::new(&schemathesis).exists(),
+        "schemathesis is not installed at {schemathesis}: scripts/test.sh installs it"
+    );
+    let harness = Harness::uninitialised();
+    let config = scheduled(&harness, "");
+    let (_server, address) = serve(&harness, &config);
+    // Some jobs to find.
+    jobs_until(&address, "a backup", |jobs| !jobs.is_empty());
+    let token = user(&harness, &config, "fuzzer", "admin");
+    let output = std::process::Command::new(&schemathesis)
+        .args(["run", &format!("http://{address}/api/openapi.json")])
+        .args(["--checks", "all", "--max-examples", "25"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+}
