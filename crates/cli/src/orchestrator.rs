@@ -327,8 +327,8 @@ impl PlanExecutor<'_> {
         let (epoch, fence) = if test {
             (0, None)
         } else {
-            let epoch = self.claim_epoch(run, name)?;
-            (epoch, self.wait_for_fence(run, name)?)
+            let epoch = self.claim_epoch(run, name, &repository)?;
+            (epoch, self.wait_for_fence(name, &repository)?)
         };
         let (manifest, note) = if run.operation == Operation::PlannedFailover {
             // The final sync made sure the newest point holds the last write.
@@ -450,9 +450,8 @@ impl PlanExecutor<'_> {
     /// Claims the VM's next epoch for `run` in the repository of the region it goes to
     /// (the one its capture ships into, which fences it there) and, when reachable, in the
     /// repository of the region it leaves. Idempotent for one run.
-    fn claim_epoch(&self, run: &RunRecord, name: &str) -> anyhow::Result<u64> {
+    fn claim_epoch(&self, run: &RunRecord, name: &str, target: &Repository) -> anyhow::Result<u64> {
         let vm = declared_vm(self.config, name)?;
-        let target = self.repository(&run.region)?;
         let placements = Placements::load(&self.config.state_directory)?;
         let current = target.current_epoch(name)?;
         if let Some(record) = &current
@@ -490,11 +489,14 @@ impl PlanExecutor<'_> {
 
     /// Before `name` starts in `run`'s region: makes sure its capture on the old side no
     /// longer accepts writes, or says what cannot be ruled out.
-    fn wait_for_fence(&self, run: &RunRecord, name: &str) -> anyhow::Result<Option<String>> {
-        let repository = self.repository(&run.region)?;
+    fn wait_for_fence(
+        &self,
+        name: &str,
+        repository: &Repository,
+    ) -> anyhow::Result<Option<String>> {
         let deadline = Instant::now() + FENCE_WAIT;
         loop {
-            let Some((group, records)) = replication_group(&repository, name)? else {
+            let Some((group, records)) = replication_group(repository, name)? else {
                 return Ok(None);
             };
             let Some(sender) = records.sender else {
@@ -540,7 +542,7 @@ impl PlanExecutor<'_> {
     /// Stops `name` where it runs as primary, if Lifeboat runs it there, and fences it.
     fn stop_source(&self, run: &RunRecord, name: &str) -> anyhow::Result<String> {
         let vm = declared_vm(self.config, name)?;
-        let epoch = self.claim_epoch(run, name)?;
+        let epoch = self.claim_epoch(run, name, &self.repository(&run.region)?)?;
         let placements = Placements::load(&self.config.state_directory)?;
         let region = placements.region_of(name, &vm.region).to_string();
         let home = vm_home(self.config, name, &region, false);
@@ -549,17 +551,9 @@ impl PlanExecutor<'_> {
                 "epoch {epoch} claimed: its capture in '{region}' refuses its writes from now on (a VM run by its own hypervisor is stopped there)"
             ));
         }
-        let grace = self.options.grace_seconds;
-        let clean = stop_detached(&home.join("run"), Duration::from_secs(grace))?;
+        let how = self.graceful_stop(&home)?;
         stop_home(&home)?;
-        Ok(format!(
-            "stopped in '{region}'{}, epoch {epoch} claimed",
-            if clean {
-                String::new()
-            } else {
-                format!(" (forced after {grace} s)")
-            }
-        ))
+        Ok(format!("stopped in '{region}'{how}, epoch {epoch} claimed"))
     }
 
     /// Waits until the recovery region holds every write the stopped VMs made.
@@ -781,16 +775,19 @@ impl PlanExecutor<'_> {
     /// Stops `name` where it runs, keeping its placement.
     fn halt(&self, run: &RunRecord, name: &str) -> anyhow::Result<String> {
         let home = vm_home(self.config, name, &run.region, false);
+        Ok(format!("stopped{}", self.graceful_stop(&home)?))
+    }
+
+    /// Stops the VM of `home` (power button, then a hard stop after the run's grace);
+    /// says whether it had to be forced.
+    fn graceful_stop(&self, home: &Path) -> anyhow::Result<String> {
         let grace = self.options.grace_seconds;
         let clean = stop_detached(&home.join("run"), Duration::from_secs(grace))?;
-        Ok(format!(
-            "stopped{}",
-            if clean {
-                String::new()
-            } else {
-                format!(" (forced after {grace} s)")
-            }
-        ))
+        Ok(if clean {
+            String::new()
+        } else {
+            format!(" (forced after {grace} s)")
+        })
     }
 
     /// Starts `lifeboat protect` over the VMs' disks here, shipping to their home region.

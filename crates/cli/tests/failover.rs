@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use common::replication::{Protect, dns_server, follow, raw_disk, status_until};
+use common::replication::{Protect, dig, dns_server, follow, raw_disk, status_until};
 use serde_json::Value;
 
 /// Stops the plan's VMs when dropped, so a failing test leaves none running.
@@ -27,15 +27,6 @@ impl Drop for StopOnDrop<'_> {
                 .output();
         }
     }
-}
-
-fn dig(port: u16, name: &str) -> String {
-    let output = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), name, "A", "+short"])
-        .args(["+time=2", "+tries=2"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// The byte offset of the first data block of `file` in the ext4 image `image`.

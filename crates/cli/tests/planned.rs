@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Harness;
 use common::replication::{Protect, follow, raw_disk};
+use common::{Harness, identical};
 use serde_json::Value;
 
 fn config(harness: &Harness) -> PathBuf {
@@ -82,16 +82,6 @@ fn try_write(protect: &Protect, export: &str, command: &str) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success() && !text.contains("failed"), text)
-}
-
-fn identical(first: &Path, second: &Path) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
-        .arg(first)
-        .arg(second)
-        .status()
-        .unwrap()
-        .success()
 }
 
 #[test]

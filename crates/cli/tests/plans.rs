@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use common::replication::{Killed, dns_server};
+use common::replication::{Killed, dig, dig_until, dns_server};
 use serde_json::Value;
 
 /// Two regions, three VMs and plan "shop" ([db1], then [web1, web2]) with a script and a
@@ -170,26 +170,6 @@ fn qemu_processes(directory: &Path) -> Vec<u32> {
 fn command_line(pid: u32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
         .replace('\0', " ")
-}
-
-fn dig(port: u16, name: &str) -> String {
-    let output = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), name, "A", "+short"])
-        .args(["+time=2", "+tries=2"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-fn dig_until(port: u16, name: &str, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dig(port, name) != expected {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never answered {expected}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn step<'a>(report: &'a Value, what: &str) -> &'a Value {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Harness;
-use common::replication::{Killed, Protect, follow, raw_disk, status_until};
+use common::replication::{Killed, Protect, dig_until, dns_server, follow, raw_disk, status_until};
+use common::{Harness, identical};
 use serde_json::Value;
 
 fn qemu_io_file(image: &Path, command: &str) {
@@ -21,16 +21,6 @@ fn qemu_io_file(image: &Path, command: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-fn identical(first: &Path, second: &Path) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
-        .arg(first)
-        .arg(second)
-        .status()
-        .unwrap()
-        .success()
 }
 
 fn run(harness: &Harness, config: &Path, arguments: &[&str]) -> Value {
@@ -54,9 +44,11 @@ fn reprotect_sends_only_what_changed_on_either_side_and_failback_brings_every_wr
     std::fs::write(
         &config,
         format!(
-            "[[region]]\nname = \"west\"\nrepository = \"{}\"\nnetwork = \"none\"\n\n\
+            "[dns]\nttl = 1\nzones = [\"shop.example\"]\n\n\
+             [[region]]\nname = \"west\"\nrepository = \"{}\"\nnetwork = \"none\"\n\n\
              [[region]]\nname = \"east\"\nrepository = \"{}\"\nnetwork = \"none\"\n\n\
-             [[vm]]\nname = \"db1\"\nregion = \"west\"\nmemory_mib = 32\ndisks = [\"{}\"]\n",
+             [[vm]]\nname = \"db1\"\nregion = \"west\"\nmemory_mib = 32\ndisks = [\"{}\"]\n\
+             dns = [\"db1.shop.example\"]\naddresses = {{ west = \"10.0.1.4\", east = \"10.1.1.4\" }}\n",
             harness.path("west").display(),
             harness.repository.display(),
             disk.display()
@@ -92,6 +84,8 @@ fn reprotect_sends_only_what_changed_on_either_side_and_failback_brings_every_wr
     );
     drop(receiver);
     assert_eq!(failover["vms"][0]["epoch"], 1);
+    let (_dns, port, _) = dns_server(&harness, &config);
+    dig_until(port, "db1.shop.example", "10.1.1.4");
     // In east, 1 MiB changes after the failover.
     let east_disk = harness
         .path("lifeboat-state")
@@ -173,6 +167,7 @@ fn reprotect_sends_only_what_changed_on_either_side_and_failback_brings_every_wr
     assert_eq!(failback["state"], "succeeded");
     assert_eq!(failback["vms"][0]["region"], "west");
     assert_eq!(failback["vms"][0]["epoch"], 2);
+    dig_until(port, "db1.shop.example", "10.0.1.4");
     let home_disk: PathBuf = harness
         .path("lifeboat-state")
         .join("vms/db1/west/disks/db1.raw");

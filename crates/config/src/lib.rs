@@ -329,33 +329,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     }
                 })
                 .transpose()?,
-            probe_interval_seconds: match *entry.probe_interval_seconds.get_ref() {
-                seconds @ 1..=3600 => seconds,
-                _ => {
-                    return Err(invalid(
-                        entry.probe_interval_seconds.span(),
-                        "key 'probe_interval_seconds': give seconds between 1 and 3600".to_string(),
-                    ));
-                }
-            },
-            probe_failures: match *entry.probe_failures.get_ref() {
-                count @ 1..=100 => count,
-                _ => {
-                    return Err(invalid(
-                        entry.probe_failures.span(),
-                        "key 'probe_failures': give a count between 1 and 100".to_string(),
-                    ));
-                }
-            },
-            sla_percent: match *entry.sla_percent.get_ref() {
-                percent if (0.0..=100.0).contains(&percent) => percent,
-                _ => {
-                    return Err(invalid(
-                        entry.sla_percent.span(),
-                        "key 'sla_percent': give a percentage between 0 and 100".to_string(),
-                    ));
-                }
-            },
+            probe_interval_seconds: vms::within(
+                &entry.probe_interval_seconds,
+                1..=3600,
+                "probe_interval_seconds",
+                "seconds",
+                &invalid,
+            )?,
+            probe_failures: vms::within(
+                &entry.probe_failures,
+                1..=100,
+                "probe_failures",
+                "a count",
+                &invalid,
+            )?,
+            sla_percent: vms::within(
+                &entry.sla_percent,
+                0.0..=100.0,
+                "sla_percent",
+                "a percentage",
+                &invalid,
+            )?,
         });
     }
     // Pairs must name known regions; copies default to a place in the pair's repository.

@@ -291,16 +291,9 @@ pub(crate) fn dns(
         .as_ref()
         .map(|text| socket(text, "test_listen"))
         .transpose()?;
-    let ttl = match &dns.ttl {
-        None => 30,
-        Some(ttl) if (1..=86400).contains(ttl.get_ref()) => *ttl.get_ref(),
-        Some(ttl) => {
-            return Err(invalid(
-                ttl.span(),
-                "key 'ttl': give seconds between 1 and 86400".to_string(),
-            ));
-        }
-    };
+    let ttl = dns.ttl.as_ref().map_or(Ok(30), |ttl| {
+        within(ttl, 1..=86400, "ttl", "seconds", invalid)
+    })?;
     let zones: Vec<String> = dns
         .zones
         .get_ref()
@@ -338,27 +331,35 @@ pub(crate) fn dns(
         zones,
         update,
         test_listen,
-        health_interval_seconds: match &dns.health_interval_seconds {
-            None => 10,
-            Some(seconds) if (1..=3600).contains(seconds.get_ref()) => *seconds.get_ref(),
-            Some(seconds) => {
-                return Err(invalid(
-                    seconds.span(),
-                    "key 'health_interval_seconds': give seconds between 1 and 3600".to_string(),
-                ));
-            }
-        },
-        health_failures: match &dns.health_failures {
-            None => 3,
-            Some(count) if (1..=100).contains(count.get_ref()) => *count.get_ref(),
-            Some(count) => {
-                return Err(invalid(
-                    count.span(),
-                    "key 'health_failures': give a count between 1 and 100".to_string(),
-                ));
-            }
-        },
+        health_interval_seconds: dns.health_interval_seconds.as_ref().map_or(Ok(10), |v| {
+            within(v, 1..=3600, "health_interval_seconds", "seconds", invalid)
+        })?,
+        health_failures: dns.health_failures.as_ref().map_or(Ok(3), |v| {
+            within(v, 1..=100, "health_failures", "a count", invalid)
+        })?,
     })
+}
+
+/// A number that must lie in `range`; else an error naming `key` and the range of `what`.
+pub(crate) fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    value: &Spanned<T>,
+    range: std::ops::RangeInclusive<T>,
+    key: &str,
+    what: &str,
+    invalid: Invalid,
+) -> Result<T, ConfigError> {
+    if range.contains(value.get_ref()) {
+        Ok(*value.get_ref())
+    } else {
+        Err(invalid(
+            value.span(),
+            format!(
+                "key '{key}': give {what} between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
 }
 
 /// A region's `network` or `test_network`: a qemu `-nic` value.

@@ -88,19 +88,24 @@ async fn region_status(
     })
 }
 
+/// The status of every configured region.
+async fn region_statuses(state: &AppState) -> crate::Result<Vec<RegionStatus>> {
+    let mut statuses = Vec::new();
+    for region in &state.config.regions {
+        statuses.push(region_status(state, region).await?);
+    }
+    Ok(statuses)
+}
+
 /// Every region: health, open incident, availability this month against its SLA.
 #[utoipa::path(get, path = "/api/status", responses(
     (status = 200, description = "every region", body = StatusReport),
     (status = 503, description = "the state database cannot be read", body = ApiError)))]
 async fn status(State(state): State<Arc<AppState>>) -> Response {
-    let mut regions = Vec::new();
-    for region in &state.config.regions {
-        match region_status(&state, region).await {
-            Ok(status) => regions.push(status),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        }
+    match region_statuses(&state).await {
+        Ok(regions) => Json(StatusReport { regions }).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    Json(StatusReport { regions }).into_response()
 }
 
 /// A region's incidents, newest first.
@@ -291,13 +296,10 @@ async fn replication(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut text = String::new();
     text.push_str("# HELP lifeboat_region_up Whether the region's last probe succeeded.\n# TYPE lifeboat_region_up gauge\n");
-    let mut statuses = Vec::new();
-    for region in &state.config.regions {
-        match region_status(&state, region).await {
-            Ok(status) => statuses.push(status),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        }
-    }
+    let statuses = match region_statuses(&state).await {
+        Ok(statuses) => statuses,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
     for status in &statuses {
         if let Some(up) = status.up {
             text.push_str(&format!(

@@ -69,14 +69,6 @@ pub fn serve(
             source,
         })?;
     runtime.block_on(async move {
-        if let Some(parent) = config
-            .database
-            .strip_prefix("sqlite://")
-            .map(std::path::Path::new)
-            .and_then(|p| p.parent())
-        {
-            let _ = std::fs::create_dir_all(parent);
-        }
         let store = store::Store::open(&config.database).await?;
         for region in &config.regions {
             tokio::spawn(probes::watch(store.clone(), region.clone()));
@@ -150,14 +142,6 @@ pub fn with_store<T>(
         .build()
         .map_err(|e| ControlError::Invalid(format!("cannot start a runtime: {e}")))?;
     runtime.block_on(async {
-        if let Some(parent) = config
-            .database
-            .strip_prefix("sqlite://")
-            .map(std::path::Path::new)
-            .and_then(|p| p.parent())
-        {
-            let _ = std::fs::create_dir_all(parent);
-        }
         let store = store::Store::open(&config.database).await?;
         work(&store).await
     })

@@ -61,7 +61,6 @@ pub async fn poll(runner: JobRunner, shared: Shared) {
 /// Prometheus lines for the replication groups and repositories in `status`.
 pub fn metrics(status: &Value) -> String {
     let mut text = String::new();
-    let number = |value: &Value| value.as_f64().map(|n| n.to_string());
     let groups: Vec<&Value> = status["replication"]
         .as_array()
         .into_iter()
@@ -74,47 +73,33 @@ pub fn metrics(status: &Value) -> String {
             text.push_str(&format!("{name}{line}\n"));
         }
     };
-    family(
-        "lifeboat_group_rpo_seconds",
-        "Age of the newest consistent point set of a replicated group.",
+    // A group's number (booleans as 0 and 1), one line per group that has it.
+    let per_group = |field: &str| -> Vec<String> {
         groups
             .iter()
             .filter_map(|g| {
-                Some(format!(
-                    "{{group=\"{}\"}} {}",
-                    g["group"].as_str()?,
-                    number(&g["rpo_seconds"])?
-                ))
+                let value = match &g[field] {
+                    Value::Bool(flag) => f64::from(u8::from(*flag)),
+                    other => other.as_f64()?,
+                };
+                Some(format!("{{group=\"{}\"}} {value}", g["group"].as_str()?))
             })
-            .collect(),
+            .collect()
+    };
+    family(
+        "lifeboat_group_rpo_seconds",
+        "Age of the newest consistent point set of a replicated group.",
+        per_group("rpo_seconds"),
     );
     family(
         "lifeboat_group_alert",
         "The group's RPO is above its threshold, or unknown.",
-        groups
-            .iter()
-            .filter_map(|g| {
-                Some(format!(
-                    "{{group=\"{}\"}} {}",
-                    g["group"].as_str()?,
-                    u8::from(g["alert"] == true)
-                ))
-            })
-            .collect(),
+        per_group("alert"),
     );
     family(
         "lifeboat_group_ship_bytes_per_second",
         "Bytes shipped per second to the recovery region over the last minute.",
-        groups
-            .iter()
-            .filter_map(|g| {
-                Some(format!(
-                    "{{group=\"{}\"}} {}",
-                    g["group"].as_str()?,
-                    number(&g["ship_bytes_per_second"])?
-                ))
-            })
-            .collect(),
+        per_group("ship_bytes_per_second"),
     );
     let vms = |field: &str| -> Vec<String> {
         groups

@@ -114,8 +114,16 @@ impl Store {
         &self.pool
     }
 
-    /// Connects to `url` and creates the schema if needed.
+    /// Connects to `url` and creates the schema if needed (and, for SQLite, the database
+    /// file's directory).
     pub async fn open(url: &str) -> Result<Store> {
+        if let Some(parent) = url
+            .strip_prefix("sqlite://")
+            .map(std::path::Path::new)
+            .and_then(|p| p.parent())
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(4)

@@ -120,36 +120,34 @@ impl Fences {
     /// Looks at the epochs again; returns what changed, in words.
     pub fn check(&self, repository: &Repository) -> Vec<String> {
         let mut changes = Vec::new();
-        let mut newest = Vec::new();
-        for fence in &self.fences {
-            match repository.current_epoch(&fence.vm) {
-                Ok(record) => newest.push(record),
-                Err(error) => {
-                    // Cut off: after the lease, fence every VM not fenced already.
-                    let confirmed = *self.last_confirmed.lock().expect("never poisoned");
-                    if let Some(lease) = self.lease
-                        && confirmed.elapsed() >= lease
-                    {
-                        for fence in self.fences.iter().filter(|f| !f.is_fenced()) {
-                            let reason = format!(
-                                "the recovery repository has not been reachable for {} s (the lease): no failover can be ruled out ({error})",
-                                confirmed.elapsed().as_secs()
-                            );
-                            changes.push(format!("VM '{}' fenced: {reason}", fence.vm));
-                            fence.set(
-                                &self.journal,
-                                Some(Fenced {
-                                    at: now(),
-                                    reason,
-                                    superseded: false,
-                                }),
-                            );
-                        }
+        let names: Vec<&str> = self.fences.iter().map(|f| f.vm.as_str()).collect();
+        let newest = match repository.current_epochs(&names) {
+            Ok(newest) => newest,
+            Err(error) => {
+                // Cut off: after the lease, fence every VM not fenced already.
+                let confirmed = *self.last_confirmed.lock().expect("never poisoned");
+                if let Some(lease) = self.lease
+                    && confirmed.elapsed() >= lease
+                {
+                    for fence in self.fences.iter().filter(|f| !f.is_fenced()) {
+                        let reason = format!(
+                            "the recovery repository has not been reachable for {} s (the lease): no failover can be ruled out ({error})",
+                            confirmed.elapsed().as_secs()
+                        );
+                        changes.push(format!("VM '{}' fenced: {reason}", fence.vm));
+                        fence.set(
+                            &self.journal,
+                            Some(Fenced {
+                                at: now(),
+                                reason,
+                                superseded: false,
+                            }),
+                        );
                     }
-                    return changes;
                 }
+                return changes;
             }
-        }
+        };
         *self.last_confirmed.lock().expect("never poisoned") = Instant::now();
         for (fence, record) in self.fences.iter().zip(newest) {
             let state = fence.state();

@@ -103,19 +103,26 @@ impl Repository {
     /// The newest epoch record of `vm`, if it ever failed over to this repository's
     /// region.
     pub fn current_epoch(&self, vm: &str) -> Result<Option<EpochRecord>> {
-        let prefix = format!("{}.", tag(self.crypto(), vm));
-        let newest = self
-            .storage()
-            .list(ObjectKind::Epoch)?
-            .into_iter()
-            .filter_map(|object| {
-                let epoch: u64 = object.name.strip_prefix(&prefix)?.parse().ok()?;
-                Some((epoch, object.name))
+        Ok(self.current_epochs(&[vm])?.pop().flatten())
+    }
+
+    /// The newest epoch record of each of `vms`, from one listing.
+    pub fn current_epochs(&self, vms: &[&str]) -> Result<Vec<Option<EpochRecord>>> {
+        let objects = self.storage().list(ObjectKind::Epoch)?;
+        vms.iter()
+            .map(|vm| {
+                let prefix = format!("{}.", tag(self.crypto(), vm));
+                objects
+                    .iter()
+                    .filter_map(|object| {
+                        let epoch: u64 = object.name.strip_prefix(&prefix)?.parse().ok()?;
+                        Some((epoch, &object.name))
+                    })
+                    .max()
+                    .map(|(_, object)| self.read_epoch(object))
+                    .transpose()
             })
-            .max();
-        newest
-            .map(|(_, object)| self.read_epoch(&object))
-            .transpose()
+            .collect()
     }
 }
 

@@ -51,6 +51,17 @@ fn plan_of(config: &Config, target: &Target) -> anyhow::Result<Plan> {
     }
 }
 
+/// A new run of `operation` on `plan` towards `region`, with `options` kept in its record.
+fn new_run(plan: &Plan, operation: Operation, region: &str, options: &RunOptions) -> RunRecord {
+    RunRecord::new(
+        &plan.name,
+        operation,
+        region,
+        serde_json::to_value(options).expect("options serialize"),
+        steps(plan, operation),
+    )
+}
+
 pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Result<u8> {
     let config = required_config(global)?;
     let plan = plan_of(&config, &arguments.target)?;
@@ -76,13 +87,7 @@ pub fn run(global: &GlobalOptions, arguments: &FailoverArguments) -> anyhow::Res
             plan.name
         );
     }
-    let run = RunRecord::new(
-        &plan.name,
-        operation,
-        &arguments.to,
-        serde_json::to_value(&options).expect("options serialize"),
-        steps(&plan, operation),
-    );
+    let run = new_run(&plan, operation, &arguments.to, &options);
     if arguments.dry_run {
         return dry_run(global, &config, &plan, run, options);
     }
@@ -287,13 +292,7 @@ pub fn cleanup(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::R
         .find_map(|vm| placements.tests.get(vm))
         .map(|p| p.region.clone())
         .with_context(|| format!("plan '{}' has no test copies to clean up", plan.name))?;
-    let run = RunRecord::new(
-        &plan.name,
-        Operation::Cleanup,
-        &region,
-        serde_json::to_value(RunOptions::default()).expect("options serialize"),
-        steps(&plan, Operation::Cleanup),
-    );
+    let run = new_run(&plan, Operation::Cleanup, &region, &RunOptions::default());
     execute(global, &config, &plan, run, true)
 }
 
@@ -302,13 +301,7 @@ pub fn commit(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::Re
     let config = required_config(global)?;
     let plan = plan_of(&config, &arguments.target)?;
     let region = placed_region(&config, &plan)?;
-    let run = RunRecord::new(
-        &plan.name,
-        Operation::Commit,
-        &region,
-        serde_json::to_value(RunOptions::default()).expect("options serialize"),
-        steps(&plan, Operation::Commit),
-    );
+    let run = new_run(&plan, Operation::Commit, &region, &RunOptions::default());
     execute(global, &config, &plan, run, true)
 }
 
@@ -331,17 +324,11 @@ pub fn reprotect(
     let config = required_config(global)?;
     let plan = plan_of(&config, &arguments.target)?;
     let region = placed_region(&config, &plan)?;
-    let run = RunRecord::new(
-        &plan.name,
-        Operation::Reprotect,
-        &region,
-        serde_json::to_value(RunOptions {
-            grace_seconds: arguments.grace,
-            ..RunOptions::default()
-        })
-        .expect("options serialize"),
-        steps(&plan, Operation::Reprotect),
-    );
+    let options = RunOptions {
+        grace_seconds: arguments.grace,
+        ..RunOptions::default()
+    };
+    let run = new_run(&plan, Operation::Reprotect, &region, &options);
     execute(global, &config, &plan, run, true)
 }
 
@@ -366,13 +353,7 @@ pub fn failback(
         instant: arguments.instant,
         grace_seconds: arguments.grace,
     };
-    let run = RunRecord::new(
-        &plan.name,
-        Operation::PlannedFailover,
-        &home,
-        serde_json::to_value(&options).expect("options serialize"),
-        steps(&plan, Operation::PlannedFailover),
-    );
+    let run = new_run(&plan, Operation::PlannedFailover, &home, &options);
     execute(global, &config, &plan, run, true)
 }
 

@@ -297,3 +297,25 @@ pub fn dns_server(harness: &Harness, config: &Path) -> (Killed, u16, Value) {
         .unwrap();
     (server, port, started["records"].clone())
 }
+
+/// `dig @127.0.0.1 -p PORT NAME A +short`: the addresses the name answers with.
+pub fn dig(port: u16, name: &str) -> String {
+    let output = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), name, "A", "+short"])
+        .args(["+time=2", "+tries=2"])
+        .output()
+        .expect("dig runs (scripts/test.sh installs dnsutils)");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Waits (up to 10 s) until `name` answers `expected`.
+pub fn dig_until(port: u16, name: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dig(port, name) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never answered {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
