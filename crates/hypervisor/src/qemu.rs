@@ -84,6 +84,7 @@ pub struct Vm {
     child: Child,
     qmp: Qmp,
     serial_log: PathBuf,
+    runtime_directory: PathBuf,
     detached: bool,
 }
 
@@ -185,6 +186,7 @@ impl Vm {
             child,
             qmp,
             serial_log,
+            runtime_directory: spec.runtime_directory.clone(),
             detached: false,
         };
         Ok(vm)
@@ -270,11 +272,14 @@ impl Vm {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Lets the VM run on after this process ends; returns qemu's process id. It is
-    /// stopped later through its QMP socket ([`stop_detached`]).
+    /// Lets the VM run on after this process ends; returns qemu's process id (also kept in
+    /// `qemu.pid` in its runtime directory). It is stopped later through its QMP socket
+    /// ([`stop_detached`]).
     pub fn detach(mut self) -> u32 {
         self.detached = true;
-        self.child.id()
+        let pid = self.child.id();
+        let _ = std::fs::write(self.runtime_directory.join(PID_FILE), pid.to_string());
+        pid
     }
 }
 
@@ -323,16 +328,63 @@ pub fn is_running_detached(runtime_directory: &Path) -> bool {
 /// already stopped.
 pub fn stop_detached(runtime_directory: &Path, grace: Duration) -> Result<bool> {
     let socket = runtime_directory.join("qmp.sock");
-    let Ok(mut qmp) = Qmp::connect(&socket, Duration::from_millis(500)) else {
-        return Ok(true);
+    let pid = running_qemu(runtime_directory);
+    // A busy machine may be slow to accept: only a VM whose process is gone is stopped
+    // already; one that never answers is killed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut qmp = loop {
+        match Qmp::connect(&socket, Duration::from_millis(500)) {
+            Ok(qmp) => break qmp,
+            Err(_) if pid.is_none_or(|pid| !is_qemu(pid)) => return Ok(true),
+            Err(_) if Instant::now() >= deadline => {
+                kill_qemu(runtime_directory, pid);
+                return Ok(false);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     };
     let _ = qmp.execute("system_powerdown", json!({}));
     if qmp.wait_closed(grace) {
+        let _ = std::fs::remove_file(runtime_directory.join(PID_FILE));
         return Ok(true);
     }
     let _ = qmp.execute("quit", json!({}));
-    qmp.wait_closed(Duration::from_secs(10));
+    if !qmp.wait_closed(Duration::from_secs(10)) {
+        kill_qemu(runtime_directory, pid);
+    }
+    let _ = std::fs::remove_file(runtime_directory.join(PID_FILE));
     Ok(false)
+}
+
+/// Where a detached VM's qemu process id is kept.
+const PID_FILE: &str = "qemu.pid";
+
+/// The process id recorded for the VM of `runtime_directory`.
+fn running_qemu(runtime_directory: &Path) -> Option<u32> {
+    std::fs::read_to_string(runtime_directory.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is still a qemu process (the id may have been reused).
+fn is_qemu(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|command| command.starts_with(b"qemu-system"))
+}
+
+/// Kills a VM's qemu process hard and waits (briefly) for it to go.
+fn kill_qemu(runtime_directory: &Path, pid: Option<u32>) {
+    if let Some(pid) = pid.filter(|&pid| is_qemu(pid)) {
+        // SAFETY: kill(2) of a process id just checked to be a qemu process.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_qemu(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(runtime_directory.join(PID_FILE));
 }
 
 impl Drop for Vm {
