@@ -1,6 +1,7 @@
 //! Planned failover with replication running: the source is fenced by the new epoch, the
 //! final sync brings its last write, nothing is lost; the fence outlives a restart of the
-//! capture; an unplanned failover waits for a live capture to fence its VM.
+//! capture; an unplanned failover waits for a live capture to fence its VM; `--point app`
+//! starts from the newest application-consistent point, without the writes after it.
 
 mod common;
 
@@ -284,5 +285,123 @@ fn an_unplanned_failover_waits_until_a_live_capture_has_fenced_the_vm() {
     let _ = harness
         .configured(&config)
         .args(["vm", "stop", "--vm", "web1", "--grace", "0"])
+        .output();
+}
+
+#[test]
+fn an_unplanned_failover_to_the_latest_app_consistent_point_leaves_later_writes_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let harness = Harness::new();
+    let config = config(&harness);
+    let disk = raw_disk(&harness, "db1.raw", "8M");
+    let web = raw_disk(&harness, "web1.raw", "4M");
+    // Data before protection: the first round is the initial sync, where a freeze is
+    // refused (the replicas are not consistent yet); the rounds after it quiesce.
+    let filled = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 5 1M 2M"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(filled.status.success());
+    let vms = vec![
+        ("db1".to_string(), vec![disk.clone()]),
+        ("web1".to_string(), vec![web]),
+    ];
+    // The hook quiesces at once; later it is made to fail, so only crash points follow.
+    let hook = harness.path("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let protect = Protect::start_with(
+        &harness,
+        "shop",
+        &vms,
+        "0.3",
+        &[
+            "--freeze-hook",
+            hook.to_str().unwrap(),
+            "--app-consistent-every",
+            "1s",
+        ],
+    );
+    let (_receiver, _) = follow(&harness, "shop", &harness.path("replicas"), &[]);
+    assert!(try_write(&protect, "db1/db1.raw", "write -P 1 0 64k").0);
+    let points_of_db1 = || -> Vec<Value> {
+        harness
+            .json(&["points", "--vm", "db1"])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !points_of_db1().iter().any(|p| p["consistency"] == "app") {
+        assert!(
+            Instant::now() < deadline,
+            "no application-consistent point: {:?}\n{}",
+            points_of_db1(),
+            protect.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        protect.log().contains("a resync is in progress"),
+        "{}",
+        protect.log()
+    );
+    // From now on the freeze fails: the write below reaches crash-consistent points only.
+    std::fs::write(&hook, "#!/bin/sh\n[ \"$1\" = freeze ] && exit 1\nexit 0\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !protect
+        .log()
+        .contains("no application-consistent point this time")
+    {
+        assert!(Instant::now() < deadline, "{}", protect.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(try_write(&protect, "db1/db1.raw", "write -P 2 0 64k").0);
+    let newest_app = |points: &[Value]| {
+        points
+            .iter()
+            .filter(|p| p["consistency"] == "app")
+            .max_by_key(|p| p["time"].as_str().unwrap().to_string())
+            .cloned()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let points = loop {
+        let points = points_of_db1();
+        let app = newest_app(&points);
+        let later_crash = points
+            .iter()
+            .filter(|p| p["consistency"] != "app" && p["time"].as_str() > app["time"].as_str())
+            .count();
+        if later_crash >= 1 {
+            break points;
+        }
+        assert!(Instant::now() < deadline, "{points:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let app = newest_app(&points);
+    let (code, report, stderr) = run(
+        &harness,
+        &config,
+        &["failover", "--vm", "db1", "--to", "east", "--point", "app"],
+    );
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    assert_eq!(
+        report["vms"][0]["point"], app["point"],
+        "the newest application-consistent point: {report:#}\n{points:#?}"
+    );
+    // Started from it: the first write is there, the one after the last quiesce is not.
+    let started = std::fs::read(
+        harness
+            .path("lifeboat-state")
+            .join("vms/db1/east/disks/db1.raw"),
+    )
+    .unwrap();
+    assert!(started[..65536].iter().all(|&b| b == 1));
+    drop(protect);
+    let _ = harness
+        .configured(&config)
+        .args(["vm", "stop", "--vm", "db1", "--grace", "0"])
         .output();
 }
