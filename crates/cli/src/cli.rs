@@ -40,6 +40,20 @@ pub struct GlobalOptions {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Act through a `lifeboat serve` daemon at this URL (http:// or https://): the
+    /// command runs there, on its configuration, as a job of the token's user.
+    #[arg(long, env = "LIFEBOAT_REMOTE", global = true)]
+    pub remote: Option<String>,
+
+    /// The API token for --remote (`lifeboat user add` prints one).
+    #[arg(long, env = "LIFEBOAT_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Trust this PEM certificate (or CA) for an https:// --remote, instead of the
+    /// system's.
+    #[arg(long, env = "LIFEBOAT_CA_CERTIFICATE", global = true)]
+    pub ca_certificate: Option<PathBuf>,
+
     /// More log output on standard error (-v info, -vv debug); LIFEBOAT_LOG overrides.
     #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -120,9 +134,14 @@ pub enum UserCommand {
 #[derive(Debug, Args)]
 pub struct UserAddArguments {
     pub name: String,
-    /// reader (reads), operator (also acts: cancels jobs, …), admin.
+    /// reader (reads), operator (also acts: fails over, forgets, prunes, cancels jobs),
+    /// admin (also manages users).
     #[arg(long, default_value = "reader")]
     pub role: String,
+    /// Also set the user's password for the dashboard's login, read from this file (its
+    /// first line; at least 8 characters).
+    #[arg(long)]
+    pub login_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod orchestrator;
 mod output;
 mod placement;
 mod progress;
+mod remote;
 mod repository;
 
 use std::process::ExitCode;
@@ -27,6 +28,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let json = cli.global.json;
+    if let Some(url) = &cli.global.remote {
+        return match remote::run(&cli.global, url) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                output::print_error(&error, json);
+                ExitCode::from(1)
+            }
+        };
+    }
     let result = match &cli.command {
         Command::Init(arguments) => commands::init::run(&cli.global, arguments),
         Command::Backup(arguments) => commands::backup::run(&cli.global, arguments),

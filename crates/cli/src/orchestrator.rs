@@ -99,6 +99,9 @@ impl Executor for PlanExecutor<'_> {
     }
 
     fn report(&self, run: &RunRecord, index: usize) {
+        if crate::progress::lines_wanted() {
+            report_steps(run, index);
+        }
         if self.global.json {
             return;
         }
@@ -117,6 +120,34 @@ impl Executor for PlanExecutor<'_> {
             _ => eprintln!("[{}] {state:>7}  {}", step.batch, step.action),
         }
     }
+}
+
+/// A progress line for `lifeboat serve`: every step of the run and its state, the step
+/// that changed as the message.
+fn report_steps(run: &RunRecord, index: usize) {
+    let steps: Vec<serde_json::Value> = run
+        .steps
+        .iter()
+        .map(|step| {
+            serde_json::json!({
+                "name": step.action.to_string(),
+                "state": step.state,
+                "detail": step.detail,
+            })
+        })
+        .collect();
+    let done = run
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Done)
+        .count();
+    crate::progress::emit(&serde_json::json!({
+        "done": done,
+        "total": run.steps.len(),
+        "unit": "steps",
+        "message": run.steps[index].action.to_string(),
+        "steps": steps,
+    }));
 }
 
 impl PlanExecutor<'_> {

@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Harness;
+use common::daemon::{serve_node, user};
 use common::replication::Killed;
 use serde_json::Value;
 
@@ -31,27 +32,6 @@ fn get(address: &str, path: &str) -> (u16, String) {
 fn serve(harness: &Harness, config: &std::path::Path) -> (Killed, String) {
     let (server, address, _) = serve_node(harness, config);
     (server, address)
-}
-
-/// `lifeboat serve` on a free port: the process, its address and its node name.
-fn serve_node(harness: &Harness, config: &std::path::Path) -> (Killed, String, String) {
-    let mut child = harness
-        .configured(config)
-        .args(["--json", "serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let started: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    (
-        Killed(child),
-        started["listen"].as_str().unwrap().to_string(),
-        started["node"].as_str().unwrap().to_string(),
-    )
 }
 
 /// POST `path` with an empty body; the status code and body.
@@ -80,22 +60,6 @@ fn request(address: &str, method: &str, path: &str, token: &str) -> (u16, String
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
-}
-
-/// `lifeboat user add NAME --role ROLE`: its token.
-fn user(harness: &Harness, config: &std::path::Path, name: &str, role: &str) -> String {
-    let output = harness
-        .configured(config)
-        .args(["--json", "user", "add", name, "--role", role])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
-    created["token"].as_str().unwrap().to_string()
 }
 
 fn jobs(address: &str) -> Vec<Value> {
@@ -319,8 +283,8 @@ fn schedules_run_as_jobs_with_history_and_a_running_job_is_cancelled() {
     let (status, body) = post(&address, &cancel, "");
     assert_eq!(status, 401);
     assert!(body.contains("lifeboat user add"), "{body}");
-    let reader = user(&harness, &config, "watcher", "reader");
-    let operator = user(&harness, &config, "ops", "operator");
+    let reader = user(&harness, &config, "watcher", "reader", &[]);
+    let operator = user(&harness, &config, "ops", "operator", &[]);
     assert_eq!(
         get_with(&address, "/api/jobs", "").0,
         401,
@@ -421,7 +385,7 @@ fn two_nodes_on_postgresql_run_each_job_once_and_a_killed_nodes_work_moves_withi
     let moved = moved.iter().find(|j| j["id"] == receiver["id"]).unwrap();
     assert_eq!(moved["attempt"], 2);
     let id = receiver["id"].as_str().unwrap();
-    let operator = user(&harness, &config, "ops", "operator");
+    let operator = user(&harness, &config, "ops", "operator", &[]);
     let (status, _) = post(&survivor, &format!("/api/jobs/{id}/cancel"), &operator);
     assert_eq!(status, 202);
     jobs_until_with(&survivor, &operator, "the cancellation", |jobs| {
@@ -540,15 +504,17 @@ fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_r
     use common::replication::{Protect, follow, raw_disk, status_until};
     let harness = Harness::new();
     let config = harness.path("lifeboat.toml");
+    let disk = raw_disk(&harness, "db1.raw", "4M");
     std::fs::write(
         &config,
         format!(
-            "[[region]]\nname = \"east\"\nrepository = \"{}\"\n",
-            harness.repository.display()
+            "[[region]]\nname = \"east\"\nrepository = \"{}\"\n\n\
+             [[vm]]\nname = \"db1\"\nregion = \"east\"\ndisks = [\"{}\"]\n",
+            harness.repository.display(),
+            disk.display()
         ),
     )
     .unwrap();
-    let disk = raw_disk(&harness, "db1.raw", "4M");
     let _protect = Protect::start(&harness, "shop", &[("db1".to_string(), vec![disk])], "0.3");
     let (_receiver, _) = follow(&harness, "shop", &harness.path("replicas"), &[]);
     status_until(&harness, "shop", |status| status["rpo_seconds"].is_number());
@@ -579,6 +545,24 @@ fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_r
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(points >= 1, "{metrics}");
+    // The same poll recorded db1's RPO: its history, and the VM list, show it.
+    let (status, body) = get(&address, "/api/vms/db1/rpo");
+    assert_eq!(status, 200, "{body}");
+    let samples: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        !samples.is_empty() && samples[0]["rpo_seconds"].as_f64().unwrap() >= 0.0,
+        "{body}"
+    );
+    let (_, body) = get(&address, "/api/vms");
+    let vms: Value = serde_json::from_str(&body).unwrap();
+    let db1 = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "db1")
+        .unwrap();
+    assert_eq!(db1["group"], "shop", "{vms}");
+    assert!(db1["rpo_seconds"].as_f64().is_some(), "{vms}");
     let (status, body) = get(&address, "/api/replication");
     assert_eq!(status, 200);
     let replication: Value = serde_json::from_str(&body).unwrap();
@@ -601,7 +585,7 @@ fn schemathesis_finds_no_server_error_nor_a_response_outside_the_openapi_documen
     let (_server, address) = serve(&harness, &config);
     // Some jobs to find.
     jobs_until(&address, "a backup", |jobs| !jobs.is_empty());
-    let token = user(&harness, &config, "fuzzer", "admin");
+    let token = user(&harness, &config, "fuzzer", "admin", &[]);
     let output = std::process::Command::new(&schemathesis)
         .args(["run", &format!("http://{address}/api/openapi.json")])
         .args(["--checks", "all", "--max-examples", "25"])

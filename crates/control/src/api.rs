@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,8 +22,14 @@ use crate::users::{AuditEntry, Identity, Role};
 pub struct AppState {
     pub config: Config,
     pub store: Store,
-    /// The newest `lifeboat status`.
+    /// The newest `lifeboat status` and points.
     pub snapshot: crate::replication::Shared,
+    /// Whether the API speaks HTTPS (session cookies are then `Secure`).
+    pub tls: bool,
+    /// Failed logins.
+    pub limiter: std::sync::Mutex<crate::session::Limiter>,
+    /// Wakes this node's scheduler when a job is asked for.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// One region as the status page shows it.
@@ -40,6 +47,18 @@ pub struct RegionStatus {
     pub sla_percent: f64,
     /// The availability this month meets the SLA.
     pub sla_met: bool,
+    /// Availability per month since probing began, newest first (up to 12).
+    pub months: Vec<MonthAvailability>,
+}
+
+/// A month's availability against the SLA.
+#[derive(Serialize, ToSchema)]
+pub struct MonthAvailability {
+    /// `YYYY-MM` (UTC).
+    pub month: String,
+    /// 0–1, over the part of the month the region was probed.
+    pub availability: f64,
+    pub sla_met: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -53,16 +72,31 @@ pub struct ApiError {
     pub error: String,
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+/// A request body that is not the JSON asked for: 400, naming what is wrong.
+pub(crate) fn bad_json(rejection: &JsonRejection) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "the request body must be JSON as documented (Content-Type: application/json): {}",
+            rejection.body_text()
+        ),
+    )
+}
+
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(ApiError { error: message })).into_response()
 }
 
-fn month_start_ms() -> i64 {
+/// The start of the month `back` months before this one (UTC), in milliseconds.
+fn month_start_ms(back: u32) -> (String, i64) {
     let now = chrono::Utc::now();
-    chrono::Utc
-        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+    let months = now.year() * 12 + now.month0() as i32 - back as i32;
+    let (year, month) = (months.div_euclid(12), months.rem_euclid(12) as u32 + 1);
+    let start = chrono::Utc
+        .with_ymd_and_hms(year, month, 1, 0, 0, 0)
         .single()
-        .map_or(0, |t| t.timestamp_millis())
+        .map_or(0, |t| t.timestamp_millis());
+    (format!("{year:04}-{month:02}"), start)
 }
 
 async fn region_status(
@@ -71,11 +105,28 @@ async fn region_status(
 ) -> crate::Result<RegionStatus> {
     let incidents = state.store.incidents(&region.name).await?;
     let last_check = state.store.last_check(&region.name).await?;
+    let since = state.store.monitored_since(&region.name).await?;
     let spans: Vec<(i64, Option<i64>)> = incidents
         .iter()
         .map(|i| (i.opened_ms, i.closed_ms))
         .collect();
-    let availability_this_month = availability(&spans, month_start_ms(), now_ms());
+    let now = now_ms();
+    let availability_this_month = availability(&spans, month_start_ms(0).1, now);
+    let mut months = Vec::new();
+    let mut end = now;
+    for back in 0..12 {
+        let (month, start) = month_start_ms(back);
+        let Some(since) = since.filter(|&since| since < end) else {
+            break;
+        };
+        let availability = availability(&spans, start.max(since), end);
+        months.push(MonthAvailability {
+            month,
+            availability,
+            sla_met: availability * 100.0 >= region.sla_percent,
+        });
+        end = start;
+    }
     Ok(RegionStatus {
         name: region.name.clone(),
         probe: region.probe.clone(),
@@ -85,6 +136,7 @@ async fn region_status(
         availability_this_month,
         sla_percent: region.sla_percent,
         sla_met: availability_this_month * 100.0 >= region.sla_percent,
+        months,
     })
 }
 
@@ -212,70 +264,299 @@ async fn audit(
     }
 }
 
-/// Authentication and roles: `/metrics` and `/api/openapi.json` are open; every other
-/// request carries `Authorization: Bearer TOKEN`, reads need a reader, anything else an
-/// operator. Until a user exists the API only reads, anonymously.
+/// Who makes `request`: the user of its bearer token, or of its session cookie (whose
+/// changes must carry the session's CSRF token), or, until a user exists, an anonymous
+/// reader. An error response when it cannot be told.
+async fn identify(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    changing: bool,
+) -> Result<Identity, Response> {
+    let unavailable =
+        |e: crate::ControlError| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = token {
+        return match state.store.authenticate(token).await.map_err(unavailable)? {
+            Some(identity) => Ok(identity),
+            None => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "this token is not valid".to_string(),
+            )),
+        };
+    }
+    if let Some(id) = crate::session::cookie(headers)
+        && let Some(session) = state
+            .store
+            .session(&id, now_ms())
+            .await
+            .map_err(unavailable)?
+    {
+        let echoed = headers
+            .get(crate::session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if changing && echoed != Some(session.csrf.as_str()) {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "this change lacks the session's CSRF token (X-CSRF-Token): reload the page"
+                    .to_string(),
+            ));
+        }
+        return Ok(session.identity);
+    }
+    if !state.store.has_users().await.map_err(unavailable)? {
+        return Ok(Identity {
+            user: "anonymous".to_string(),
+            role: Role::Reader,
+        });
+    }
+    Err(error(
+        StatusCode::UNAUTHORIZED,
+        "log in, or give a token: Authorization: Bearer TOKEN (lifeboat user add makes one)"
+            .to_string(),
+    ))
+}
+
+/// Authentication and roles: `/metrics`, `/api/openapi.json`, the login and the
+/// dashboard's files are open; every other request is identified (`identify`); reads need
+/// a reader, a job asked for the role its command needs (checked by `submit`), anything
+/// else an operator. Until a user exists the API only reads, anonymously.
 async fn authorize(
     State(state): State<Arc<AppState>>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let path = request.uri().path();
-    if path == "/metrics" || path == "/api/openapi.json" || !path.starts_with("/api/") {
+    let open = path == "/metrics"
+        || path == "/api/openapi.json"
+        || !path.starts_with("/api/")
+        || (path == "/api/session" && request.method() == axum::http::Method::POST)
+        || path == "/api/session/logout";
+    if open {
         return next.run(request).await;
     }
     let reading = request.method() == axum::http::Method::GET;
-    let has_users = match state.store.has_users().await {
-        Ok(has) => has,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let headers = request.headers().clone();
+    let identity = match identify(&state, &headers, !reading).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
     };
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let identity = match (has_users, token) {
-        (false, _) if reading => Identity {
-            user: "anonymous".to_string(),
-            role: Role::Reader,
-        },
-        (false, _) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "no user exists yet, so the API only reads: create one with lifeboat user add NAME --role operator".to_string(),
-            );
-        }
-        (true, None) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "give a token: Authorization: Bearer TOKEN (lifeboat user add makes one)"
-                    .to_string(),
-            );
-        }
-        (true, Some(token)) => match state.store.authenticate(&token).await {
-            Ok(Some(identity)) => identity,
-            Ok(None) => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "this token is not valid".to_string(),
-                );
-            }
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
-    };
-    if !reading && identity.role < Role::Operator {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "user '{}' is a {}: this action needs an operator or admin",
-                identity.user,
-                identity.role.as_str()
-            ),
-        );
+    let judged_by_handler = path == "/api/jobs" && request.method() == axum::http::Method::POST;
+    if !reading && !judged_by_handler && identity.role < Role::Operator {
+        return forbidden(&identity, "an operator or admin");
     }
     request.extensions_mut().insert(identity);
     next.run(request).await
+}
+
+fn forbidden(identity: &Identity, needed: &str) -> Response {
+    let (status, hint) = if identity.user == "anonymous" {
+        (
+            StatusCode::UNAUTHORIZED,
+            ": no user exists yet, so the API only reads (lifeboat user add NAME --role operator)",
+        )
+    } else {
+        (StatusCode::FORBIDDEN, "")
+    };
+    error(
+        status,
+        format!(
+            "user '{}' is a {}: this needs {needed}{hint}",
+            identity.user,
+            identity.role.as_str()
+        ),
+    )
+}
+
+/// A command to run.
+#[derive(serde::Deserialize, ToSchema)]
+pub struct CommandRequest {
+    /// A `lifeboat` command line without the program, e.g. `["points", "--vm", "db1"]`.
+    #[schema(min_items = 1)]
+    pub command: Vec<String>,
+}
+
+/// Runs a `lifeboat` command as a job on a node (what the remote CLI and the dashboard's
+/// actions do). Reading commands need a reader, changes an operator, user management an
+/// admin; every request is written to the audit log with its user.
+#[utoipa::path(post, path = "/api/jobs", request_body = CommandRequest, responses(
+    (status = 202, description = "queued", body = Job),
+    (status = 400, description = "not a JSON command", body = ApiError),
+    (status = 401, description = "not logged in", body = ApiError),
+    (status = 403, description = "the user's role is not enough, or the API does not run that command", body = ApiError),
+    (status = 503, description = "the state database cannot be written", body = ApiError)))]
+async fn submit(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    request: Result<Json<CommandRequest>, JsonRejection>,
+) -> Response {
+    let request = match request {
+        Ok(Json(request)) => request,
+        Err(rejection) => return bad_json(&rejection),
+    };
+    let needed = match crate::commands::required_role(&request.command) {
+        Ok(role) => role,
+        Err(reason) => return error(StatusCode::FORBIDDEN, reason),
+    };
+    let target = request.command.join(" ");
+    if identity.role < needed {
+        let _ = state
+            .store
+            .audit(&identity.user, "run", &target, "refused: role", now_ms())
+            .await;
+        let article = if needed == Role::Reader { "a" } else { "an" };
+        return forbidden(&identity, &format!("{article} {}", needed.as_str()));
+    }
+    let job = match state
+        .store
+        .submit(&request.command, &identity.user, now_ms())
+        .await
+    {
+        Ok(job) => job,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    if let Err(e) = state
+        .store
+        .audit(
+            &identity.user,
+            "run",
+            &target,
+            &format!("job {}", job.id),
+            now_ms(),
+        )
+        .await
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    state.wake.notify_one();
+    (StatusCode::ACCEPTED, Json(job)).into_response()
+}
+
+/// A VM as the dashboard lists it.
+#[derive(Serialize, ToSchema)]
+pub struct VmSummary {
+    pub name: String,
+    /// Its home region.
+    pub region: String,
+    /// The plans it is in.
+    pub plans: Vec<String>,
+    /// Its replication group, if it is replicated.
+    pub group: Option<String>,
+    /// Age of its newest point in the recovery region (replicated VMs).
+    pub rpo_seconds: Option<f64>,
+    /// Above the group's RPO threshold, or unknown while replicated.
+    pub alert: bool,
+    /// Written and not shipped yet.
+    pub pending_bytes: Option<u64>,
+}
+
+/// Every configured VM with its replication RPO.
+#[utoipa::path(get, path = "/api/vms", responses(
+    (status = 200, description = "VMs", body = Vec<VmSummary>)))]
+async fn vms(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = state.snapshot.read().await;
+    let replicated = snapshot
+        .status
+        .as_ref()
+        .map(crate::replication::vm_rpos)
+        .unwrap_or_default();
+    let summaries: Vec<VmSummary> = state
+        .config
+        .vms
+        .iter()
+        .map(|vm| {
+            let replica = replicated.iter().find(|r| r.vm == vm.name);
+            VmSummary {
+                name: vm.name.clone(),
+                region: vm.region.clone(),
+                plans: state
+                    .config
+                    .plans
+                    .iter()
+                    .filter(|p| p.groups.iter().flatten().any(|name| *name == vm.name))
+                    .map(|p| p.name.clone())
+                    .collect(),
+                group: replica.map(|r| r.group.clone()),
+                rpo_seconds: replica.and_then(|r| r.rpo_seconds),
+                alert: replica.is_some_and(|r| r.alert),
+                pending_bytes: replica.and_then(|r| r.pending_bytes),
+            }
+        })
+        .collect();
+    Json(summaries).into_response()
+}
+
+/// A VM's RPO over the last 24 hours (a sample every 10 s while replicated).
+#[utoipa::path(get, path = "/api/vms/{name}/rpo",
+    params(("name" = String, Path, description = "the VM")),
+    responses(
+        (status = 200, description = "samples, oldest first", body = Vec<crate::store::RpoSample>),
+        (status = 404, description = "no such VM", body = ApiError),
+        (status = 503, description = "the state database cannot be read", body = ApiError)))]
+async fn vm_rpo(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if !state.config.vms.iter().any(|vm| vm.name == name) {
+        return error(StatusCode::NOT_FOUND, format!("there is no VM '{name}'"));
+    }
+    match state
+        .store
+        .rpo_history(&name, now_ms() - 24 * 3600 * 1000)
+        .await
+    {
+        Ok(samples) => Json(samples).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Every recovery point of every region's active repository, newest first (read every
+/// 10 s); each with its region.
+#[utoipa::path(get, path = "/api/points", responses(
+    (status = 200, description = "points", body = Vec<Object>)))]
+async fn points(State(state): State<Arc<AppState>>) -> Response {
+    let mut points = state.snapshot.read().await.points.clone();
+    points.sort_by(|a, b| b["time"].as_str().cmp(&a["time"].as_str()));
+    Json(points).into_response()
+}
+
+/// A recovery plan.
+#[derive(Serialize, ToSchema)]
+pub struct PlanSummary {
+    pub name: String,
+    /// Groups of VMs, started in order; the VMs of a group in parallel.
+    pub groups: Vec<Vec<String>>,
+}
+
+/// The configured recovery plans.
+#[utoipa::path(get, path = "/api/plans", responses(
+    (status = 200, description = "plans", body = Vec<PlanSummary>)))]
+async fn plans(State(state): State<Arc<AppState>>) -> Response {
+    Json(
+        state
+            .config
+            .plans
+            .iter()
+            .map(|plan| PlanSummary {
+                name: plan.name.clone(),
+                groups: plan.groups.clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+/// Drill reports: every test failover run on this node, newest first, step by step.
+#[utoipa::path(get, path = "/api/drills", responses(
+    (status = 200, description = "test failover runs", body = Vec<Object>),
+    (status = 503, description = "the run records cannot be read", body = ApiError)))]
+async fn drills(State(state): State<Arc<AppState>>) -> Response {
+    let directory = state.config.state_directory.clone();
+    let runs = tokio::task::spawn_blocking(move || crate::drills::list(&directory)).await;
+    match runs {
+        Ok(Ok(runs)) => Json(runs).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 /// The newest `lifeboat status` (regions, repositories, the RPO of every replicated group
@@ -367,8 +648,42 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         title = "Lifeboat",
         description = "Disaster recovery for QEMU/KVM virtual machines"
     ),
-    paths(status, incidents, jobs, job, cancel, audit, replication),
-    components(schemas(StatusReport, RegionStatus, Incident, Check, Job, AuditEntry, ApiError))
+    paths(
+        status,
+        incidents,
+        jobs,
+        job,
+        submit,
+        cancel,
+        audit,
+        replication,
+        vms,
+        vm_rpo,
+        points,
+        plans,
+        drills,
+        crate::session::login,
+        crate::session::current,
+        crate::session::logout
+    ),
+    components(schemas(
+        StatusReport,
+        RegionStatus,
+        MonthAvailability,
+        Incident,
+        Check,
+        Job,
+        crate::store::JobProgress,
+        crate::store::JobStep,
+        AuditEntry,
+        ApiError,
+        CommandRequest,
+        VmSummary,
+        PlanSummary,
+        crate::store::RpoSample,
+        crate::session::SessionInfo,
+        crate::session::Login
+    ))
 )]
 struct ApiDocument;
 
@@ -380,11 +695,25 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/status", get(status))
         .route("/api/regions/{name}/incidents", get(incidents))
-        .route("/api/jobs", get(jobs))
+        .route("/api/jobs", get(jobs).post(submit))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/cancel", axum::routing::post(cancel))
         .route("/api/audit", get(audit))
         .route("/api/replication", get(replication))
+        .route("/api/vms", get(vms))
+        .route("/api/vms/{name}/rpo", get(vm_rpo))
+        .route("/api/points", get(points))
+        .route("/api/plans", get(plans))
+        .route("/api/drills", get(drills))
+        .route(
+            "/api/session",
+            get(crate::session::current).post(crate::session::login),
+        )
+        .route(
+            "/api/session/logout",
+            axum::routing::post(crate::session::logout),
+        )
+        .merge(crate::web::router())
         .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource".to_string()) })

@@ -26,12 +26,16 @@
 //! HTTP as a server.
 
 pub mod api;
+pub mod commands;
+pub mod drills;
 pub mod incidents;
 pub mod probes;
 pub mod replication;
 pub mod scheduler;
+pub mod session;
 pub mod store;
 pub mod users;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -75,8 +79,20 @@ pub fn serve(
         }
         let shared = Arc::new(config.clone());
         let snapshot = replication::Shared::default();
-        tokio::spawn(replication::poll(runner.clone(), snapshot.clone()));
-        tokio::spawn(scheduler::run(store.clone(), shared, runner));
+        let regions = config.regions.iter().map(|r| r.name.clone()).collect();
+        tokio::spawn(replication::poll(
+            runner.clone(),
+            snapshot.clone(),
+            store.clone(),
+            regions,
+        ));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            shared,
+            runner,
+            Arc::clone(&wake),
+        ));
         let address = listen.unwrap_or(config.listen);
         let listener = std::net::TcpListener::bind(address)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -103,7 +119,11 @@ pub fn serve(
             config,
             store,
             snapshot,
-        }));
+            tls: tls.is_some(),
+            limiter: Default::default(),
+            wake,
+        }))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = match tls {
             Some(tls) => {
                 axum_server::from_tcp_rustls(listener, tls)
@@ -111,7 +131,7 @@ pub fn serve(
                         address: bound,
                         source,
                     })?
-                    .serve(app.into_make_service())
+                    .serve(app)
                     .await
             }
             None => {

@@ -45,6 +45,9 @@ pub async fn watch(store: Store, region: Region) {
         .await
         .map(|incidents| incidents.iter().any(|i| i.closed_ms.is_none()))
         .unwrap_or(false);
+    if let Err(error) = store.monitor(&region.name, now_ms()).await {
+        tracing::warn!(%error, "cannot record when probing began");
+    }
     let mut tracker = Tracker::new(open);
     let interval = Duration::from_secs(region.probe_interval_seconds);
     loop {

@@ -1,6 +1,7 @@
 //! What the repositories say, for the API and the metrics: every few seconds the service
 //! runs `lifeboat --json status` (the same command a user runs: regions, their points, the
-//! RPO of every replicated group and VM) and keeps the newest answer.
+//! RPO of every replicated group and VM) and `lifeboat --json --region R points` for each
+//! region, keeps the newest answers, and records each replicated VM's RPO (its history).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tokio::sync::RwLock;
 
 use crate::probes::now_ms;
 use crate::scheduler::JobRunner;
+use crate::store::Store;
 
 /// How often the status is read.
 pub const POLL: Duration = Duration::from_secs(10);
@@ -18,44 +20,104 @@ pub const POLL: Duration = Duration::from_secs(10);
 #[derive(Clone, Default)]
 pub struct Snapshot {
     pub status: Option<Value>,
+    /// Every region's points, each with a `region` field.
+    pub points: Vec<Value>,
     pub read_ms: i64,
     pub error: Option<String>,
 }
 
 pub type Shared = Arc<RwLock<Snapshot>>;
 
-/// Reads the status until the process ends.
-pub async fn poll(runner: JobRunner, shared: Shared) {
+/// Runs `lifeboat --json ARGUMENTS`; its JSON output, or what it said went wrong.
+async fn read(runner: &JobRunner, arguments: &[&str]) -> Result<Value, String> {
+    let output = tokio::process::Command::new(&runner.executable)
+        .args(&runner.arguments)
+        .arg("--json")
+        .args(arguments)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|error| format!("cannot run lifeboat {}: {error}", arguments.join(" ")))?;
+    serde_json::from_slice::<Value>(&output.stdout)
+        .map_err(|_| String::from_utf8_lossy(&output.stderr).trim().to_string())
+}
+
+/// Reads the status and points until the process ends.
+pub async fn poll(runner: JobRunner, shared: Shared, store: Store, regions: Vec<String>) {
     loop {
-        let output = tokio::process::Command::new(&runner.executable)
-            .args(&runner.arguments)
-            .args(["--json", "status"])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
-        let snapshot = match output {
-            Ok(output) => match serde_json::from_slice::<Value>(&output.stdout) {
-                Ok(status) => Snapshot {
-                    status: Some(status),
-                    read_ms: now_ms(),
-                    error: None,
-                },
-                Err(_) => Snapshot {
-                    error: Some(String::from_utf8_lossy(&output.stderr).trim().to_string()),
-                    read_ms: now_ms(),
-                    ..shared.read().await.clone()
-                },
-            },
-            Err(error) => Snapshot {
-                error: Some(format!("cannot run lifeboat status: {error}")),
-                read_ms: now_ms(),
-                ..shared.read().await.clone()
-            },
-        };
+        let mut snapshot = shared.read().await.clone();
+        snapshot.read_ms = now_ms();
+        match read(&runner, &["status"]).await {
+            Ok(status) => {
+                for vm in vm_rpos(&status) {
+                    if let Some(rpo) = vm.rpo_seconds
+                        && let Err(error) = store.record_rpo(&vm.vm, snapshot.read_ms, rpo).await
+                    {
+                        tracing::warn!(%error, "cannot record an RPO sample");
+                    }
+                }
+                snapshot.status = Some(status);
+                snapshot.error = None;
+            }
+            Err(error) => snapshot.error = Some(error),
+        }
+        let mut points = Vec::new();
+        for region in &regions {
+            match read(&runner, &["--region", region, "points"]).await {
+                Ok(Value::Array(found)) => {
+                    points.extend(found.into_iter().map(|mut point| {
+                        point["region"] = Value::String(region.clone());
+                        point
+                    }));
+                }
+                Ok(_) => {}
+                Err(error) => snapshot.error = Some(error),
+            }
+        }
+        snapshot.points = points;
         *shared.write().await = snapshot;
+        let _ = store.forget_rpo(now_ms() - RPO_HISTORY_MS).await;
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// RPO samples kept.
+const RPO_HISTORY_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// A replicated VM's RPO as `lifeboat status` reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmRpo {
+    pub vm: String,
+    pub group: String,
+    pub rpo_seconds: Option<f64>,
+    pub alert: bool,
+    pub pending_bytes: Option<u64>,
+}
+
+/// Every replicated VM in `status`.
+pub fn vm_rpos(status: &Value) -> Vec<VmRpo> {
+    status["replication"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|repository| repository["groups"].as_array().into_iter().flatten())
+        .flat_map(|group| {
+            group["vms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |vm| {
+                    Some(VmRpo {
+                        vm: vm["vm"].as_str()?.to_string(),
+                        group: group["group"].as_str()?.to_string(),
+                        rpo_seconds: vm["rpo_seconds"].as_f64(),
+                        alert: group["alert"].as_bool().unwrap_or(true),
+                        pending_bytes: vm["pending_bytes"].as_u64(),
+                    })
+                })
+        })
+        .collect()
 }
 
 /// Prometheus lines for the replication groups and repositories in `status`.

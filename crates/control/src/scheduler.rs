@@ -12,17 +12,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lifeboat_config::Config;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::probes::now_ms;
-use crate::store::{Job, Store};
+use crate::store::{Job, JobEnd, JobProgress, Store};
 
 /// A job whose heartbeat is older than this has lost its node.
 pub const STALE_MS: i64 = 5_000;
 /// Jobs one node runs at once.
 const PARALLEL_JOBS: usize = 2;
-/// Output kept per job.
-const OUTPUT_BYTES: usize = 4_000;
+/// Standard output kept per job (what a remote `lifeboat` prints).
+const OUTPUT_BYTES: usize = 4 << 20;
+/// Standard error kept per job.
+const ERRORS_BYTES: usize = 4_000;
+/// How a job's progress lines start (see the CLI's `progress.rs`).
+pub const PROGRESS_PREFIX: &str = "lifeboat-progress ";
 
 /// How this node runs jobs.
 #[derive(Clone)]
@@ -35,7 +39,12 @@ pub struct JobRunner {
 }
 
 /// Runs the scheduler until the process ends.
-pub async fn run(store: Store, config: Arc<Config>, runner: JobRunner) {
+pub async fn run(
+    store: Store,
+    config: Arc<Config>,
+    runner: JobRunner,
+    wake: Arc<tokio::sync::Notify>,
+) {
     let running = Arc::new(AtomicUsize::new(0));
     loop {
         let now = now_ms();
@@ -74,58 +83,112 @@ pub async fn run(store: Store, config: Arc<Config>, runner: JobRunner) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = wake.notified() => {}
+        }
     }
 }
 
-/// The last `OUTPUT_BYTES` of `text`.
-fn tail(text: &[u8]) -> String {
-    let text = String::from_utf8_lossy(text);
-    let start = text.len().saturating_sub(OUTPUT_BYTES);
+/// The last `limit` bytes of `text` (at a character boundary), trimmed.
+fn tail(text: &str, limit: usize) -> String {
+    let start = text.len().saturating_sub(limit);
     let start = (start..text.len())
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(text.len());
     text[start..].trim().to_string()
 }
 
+/// The command line a job runs: its schedule's, or the one asked for through the API.
+fn command_of(config: &Config, job: &Job) -> Result<Vec<String>, String> {
+    if let Some(command) = &job.command {
+        return Ok(command.clone());
+    }
+    config
+        .schedules
+        .iter()
+        .find(|s| s.name == job.schedule)
+        .map(|schedule| schedule.command.clone())
+        .ok_or_else(|| format!("schedule '{}' is no longer configured", job.schedule))
+}
+
+/// What a job's standard error said: its newest progress, and its other lines.
+#[derive(Default)]
+struct Reported {
+    progress: Option<JobProgress>,
+    changed: bool,
+    errors: String,
+}
+
+impl Reported {
+    fn line(&mut self, line: &str) {
+        match line.strip_prefix(PROGRESS_PREFIX) {
+            Some(json) => {
+                if let Ok(progress) = serde_json::from_str(json) {
+                    self.progress = Some(progress);
+                    self.changed = true;
+                }
+            }
+            None => {
+                self.errors.push_str(line);
+                self.errors.push('\n');
+                if self.errors.len() > 2 * ERRORS_BYTES {
+                    self.errors = tail(&self.errors, ERRORS_BYTES);
+                    self.errors.push('\n');
+                }
+            }
+        }
+    }
+}
+
 async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
     let id = job.id.clone();
-    let finish = |state: &'static str, output: String| {
+    let finish = |end: JobEnd| {
         let id = id.clone();
         async move {
-            if let Err(error) = store
-                .finish(&id, &runner.node, state, &output, now_ms())
-                .await
-            {
+            if let Err(error) = store.finish(&id, &runner.node, &end, now_ms()).await {
                 tracing::warn!(%error, "cannot record the end of a job");
             }
         }
     };
-    let Some(schedule) = config.schedules.iter().find(|s| s.name == job.schedule) else {
-        finish(
-            "failed",
-            format!("schedule '{}' is no longer configured", job.schedule),
-        )
-        .await;
-        return;
+    let command = match command_of(config, &job) {
+        Ok(command) => command,
+        Err(reason) => {
+            finish(JobEnd {
+                state: "failed",
+                errors: reason,
+                ..JobEnd::default()
+            })
+            .await;
+            return;
+        }
     };
-    eprintln!(
-        "job {} ({}) started on {}",
-        job.id, job.schedule, runner.node
-    );
-    let mut command = tokio::process::Command::new(&runner.executable);
+    let label = if job.schedule.is_empty() {
+        command.join(" ")
+    } else {
+        job.schedule.clone()
+    };
+    eprintln!("job {} ({label}) started on {}", job.id, runner.node);
+    let mut child = tokio::process::Command::new(&runner.executable);
     // SAFETY: prctl is async-signal-safe; the child dies with this node, so a killed node
     // leaves no job running behind the one that takes it over.
     unsafe {
-        command.pre_exec(|| {
+        child.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
-    let child = command
+    let child = child
         .args(&runner.arguments)
         .arg("--json")
-        .args(&schedule.command)
+        .args(&command)
+        .env("LIFEBOAT_PROGRESS", "lines")
+        .env(
+            "LIFEBOAT_ACTOR",
+            job.actor
+                .clone()
+                .unwrap_or_else(|| format!("schedule:{}", job.schedule)),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -134,31 +197,50 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
     let mut child = match child {
         Ok(child) => child,
         Err(error) => {
-            finish(
-                "failed",
-                format!("cannot start {}: {error}", runner.executable.display()),
-            )
+            finish(JobEnd {
+                state: "failed",
+                errors: format!("cannot start {}: {error}", runner.executable.display()),
+                ..JobEnd::default()
+            })
             .await;
             return;
         }
     };
     let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
     let output = tokio::spawn(async move {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        out.extend_from_slice(&err);
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out).await;
         out
     });
+    let reported = Arc::new(std::sync::Mutex::new(Reported::default()));
+    let reader = {
+        let reported = Arc::clone(&reported);
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                reported.lock().expect("never poisoned").line(&line);
+            }
+        })
+    };
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             () = tokio::time::sleep(Duration::from_secs(1)) => {
-                match store.heartbeat(&job.id, &runner.node, now_ms()).await {
+                let progress = {
+                    let mut reported = reported.lock().expect("never poisoned");
+                    std::mem::take(&mut reported.changed).then(|| reported.progress.clone()).flatten()
+                };
+                match store.heartbeat(&job.id, &runner.node, now_ms(), progress.as_ref()).await {
                     Ok(Some(state)) if state == "cancel-requested" => {
                         let _ = child.kill().await;
-                        finish("cancelled", "cancelled while running".to_string()).await;
-                        eprintln!("job {} ({}) cancelled", job.id, job.schedule);
+                        finish(JobEnd {
+                            state: "cancelled",
+                            errors: "cancelled while running".to_string(),
+                            ..JobEnd::default()
+                        })
+                        .await;
+                        eprintln!("job {} ({label}) cancelled", job.id);
                         return;
                     }
                     Ok(_) => {}
@@ -167,11 +249,22 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
             }
         }
     };
-    let output = tail(&output.await.unwrap_or_default());
-    let state = match status {
-        Ok(status) if status.success() => "succeeded",
-        _ => "failed",
+    let output = output.await.unwrap_or_default();
+    let _ = reader.await;
+    let reported = std::mem::take(&mut *reported.lock().expect("never poisoned"));
+    let exit_code = status.as_ref().ok().and_then(|s| s.code()).map(i64::from);
+    let state = if exit_code == Some(0) {
+        "succeeded"
+    } else {
+        "failed"
     };
-    eprintln!("job {} ({}) {state}", job.id, job.schedule);
-    finish(state, output).await;
+    eprintln!("job {} ({label}) {state}", job.id);
+    finish(JobEnd {
+        state,
+        output: tail(&String::from_utf8_lossy(&output), OUTPUT_BYTES),
+        errors: tail(&reported.errors, ERRORS_BYTES),
+        exit_code,
+        progress: reported.progress,
+    })
+    .await;
 }

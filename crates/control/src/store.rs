@@ -9,8 +9,20 @@
 //! audit (id TEXT PRIMARY KEY, time_ms BIGINT, actor TEXT, action TEXT, target TEXT, result TEXT)
 //! jobs (id TEXT PRIMARY KEY, schedule TEXT, due_ms BIGINT, state TEXT, node TEXT NULL,
 //!       attempt BIGINT, created_ms BIGINT, started_ms BIGINT NULL, heartbeat_ms BIGINT NULL,
-//!       finished_ms BIGINT NULL, output TEXT NULL, UNIQUE (schedule, due_ms))
+//!       finished_ms BIGINT NULL, output TEXT NULL, UNIQUE (schedule, due_ms),
+//!       command TEXT NULL, actor TEXT NULL, exit_code BIGINT NULL, progress TEXT NULL,
+//!       errors TEXT NULL)
+//! sessions (id_hash TEXT PRIMARY KEY, name TEXT, csrf TEXT, expires_ms BIGINT)
+//! monitored (region TEXT PRIMARY KEY, since_ms BIGINT)
+//! rpo_samples (vm TEXT, slot BIGINT, time_ms BIGINT, rpo_seconds DOUBLE PRECISION,
+//!              PRIMARY KEY (vm, slot))
 //! ```
+//!
+//! Columns added after a table was first made (`jobs.command` …, `users.password_*`) are
+//! added to older databases when the store opens.
+//!
+//! A job runs either a schedule's command (`schedule` names it) or a command asked for
+//! through the API (`schedule` empty, `command` its arguments as JSON, `actor` who asked).
 //!
 //! A job exists once per schedule and due moment (the unique key): of several nodes
 //! enqueuing it, one succeeds. A node claims a queued job with an update that only
@@ -22,7 +34,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::{ControlError, Result};
 
-const SCHEMA: [&str; 6] = [
+const SCHEMA: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, created_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, salt TEXT NOT NULL, \
      hash TEXT NOT NULL, created_ms BIGINT NOT NULL)",
@@ -35,7 +47,27 @@ const SCHEMA: [&str; 6] = [
      opened_ms BIGINT NOT NULL, closed_ms BIGINT, reason TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS region_checks (region TEXT PRIMARY KEY, checked_ms BIGINT NOT NULL, \
      ok INTEGER NOT NULL, detail TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions (id_hash TEXT PRIMARY KEY, name TEXT NOT NULL, csrf TEXT NOT NULL, \
+     expires_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS monitored (region TEXT PRIMARY KEY, since_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rpo_samples (vm TEXT NOT NULL, slot BIGINT NOT NULL, time_ms BIGINT NOT NULL, \
+     rpo_seconds DOUBLE PRECISION NOT NULL, PRIMARY KEY (vm, slot))",
 ];
+
+/// Columns added to tables after their first release: (table, column, type).
+const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
+    ("jobs", "command", "TEXT"),
+    ("jobs", "actor", "TEXT"),
+    ("jobs", "exit_code", "BIGINT"),
+    ("jobs", "progress", "TEXT"),
+    ("jobs", "errors", "TEXT"),
+    ("users", "password_salt", "TEXT"),
+    ("users", "password_hash", "TEXT"),
+];
+
+/// The columns of a job, in the order `job()` reads them.
+const JOB_COLUMNS: &str = "id, schedule, due_ms, state, node, attempt, created_ms, started_ms, \
+     heartbeat_ms, finished_ms, output, command, actor, exit_code, progress, errors";
 
 /// An incident of a region.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -56,7 +88,7 @@ pub struct Check {
 }
 
 /// A run of a schedule.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
     pub schedule: String,
@@ -71,11 +103,57 @@ pub struct Job {
     pub started_ms: Option<i64>,
     pub heartbeat_ms: Option<i64>,
     pub finished_ms: Option<i64>,
-    /// The end of what the command printed.
+    /// What the command printed on standard output (its end, when long).
     pub output: Option<String>,
+    /// A command asked for through the API: its arguments; null for a schedule's job.
+    pub command: Option<Vec<String>>,
+    /// Who asked for it (null for a schedule's job).
+    pub actor: Option<String>,
+    /// The command's exit status once it ended (null when killed or not run).
+    pub exit_code: Option<i64>,
+    /// The newest progress the command reported.
+    pub progress: Option<JobProgress>,
+    /// The end of what the command printed on standard error.
+    pub errors: Option<String>,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, Default)]
+pub struct JobEnd {
+    /// `succeeded`, `failed` or `cancelled`.
+    pub state: &'static str,
+    pub output: String,
+    pub errors: String,
+    pub exit_code: Option<i64>,
+    pub progress: Option<JobProgress>,
+}
+
+/// How far a running job is.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobProgress {
+    pub done: u64,
+    pub total: u64,
+    /// `bytes` or `steps`.
+    pub unit: String,
+    /// The phase or step under way.
+    pub message: String,
+    /// For failovers and other plan runs: every step and its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<JobStep>>,
+}
+
+/// A step of a plan run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct JobStep {
+    pub name: String,
+    /// `pending`, `running`, `waiting`, `done` or `failed`.
+    pub state: String,
+    pub detail: Option<String>,
 }
 
 fn job(row: &sqlx::any::AnyRow) -> Result<Job, sqlx::Error> {
+    let command: Option<String> = row.try_get(11)?;
+    let progress: Option<String> = row.try_get(14)?;
     Ok(Job {
         id: row.try_get(0)?,
         schedule: row.try_get(1)?,
@@ -88,12 +166,28 @@ fn job(row: &sqlx::any::AnyRow) -> Result<Job, sqlx::Error> {
         heartbeat_ms: row.try_get(8)?,
         finished_ms: row.try_get(9)?,
         output: row.try_get(10)?,
+        command: command.and_then(|c| serde_json::from_str(&c).ok()),
+        actor: row.try_get(12)?,
+        exit_code: row.try_get(13)?,
+        progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
+        errors: row.try_get(15)?,
     })
 }
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    memory: std::sync::Arc<Memory>,
+}
+
+/// What a node remembers to spare the database (see `users.rs`).
+#[derive(Default)]
+pub(crate) struct Memory {
+    pub users_exist: std::sync::atomic::AtomicBool,
+    #[allow(clippy::type_complexity)]
+    pub tokens: std::sync::Mutex<
+        std::collections::HashMap<blake3::Hash, (crate::users::Identity, std::time::Instant)>,
+    >,
 }
 
 pub(crate) fn failed(what: &str) -> impl Fn(sqlx::Error) -> ControlError + '_ {
@@ -112,6 +206,10 @@ pub(crate) fn new_id() -> String {
 impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Connects to `url` and creates the schema if needed (and, for SQLite, the database
@@ -139,7 +237,26 @@ impl Store {
                 .await
                 .map_err(failed("create the schema"))?;
         }
-        Ok(Store { pool })
+        for (table, column, kind) in ADDED_COLUMNS {
+            let present = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {column} FROM {table} LIMIT 1"
+            )))
+            .fetch_optional(&pool)
+            .await
+            .is_ok();
+            if !present {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {kind}"
+                )))
+                .execute(&pool)
+                .await
+                .map_err(failed("add a column to the schema"))?;
+            }
+        }
+        Ok(Store {
+            pool,
+            memory: Default::default(),
+        })
     }
 
     /// Queues the run of `schedule` due at `due_ms`, unless it exists; true if queued now.
@@ -185,14 +302,13 @@ impl Store {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let row = sqlx::query(
-            "SELECT id, schedule, due_ms, state, node, attempt, created_ms, started_ms, heartbeat_ms, \
-             finished_ms, output FROM jobs WHERE id = $1",
-        )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(failed("read a job"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed("read a job"))?;
         row.map(|row| job(&row))
             .transpose()
             .map_err(failed("read a job"))
@@ -200,10 +316,9 @@ impl Store {
 
     /// The newest `limit` jobs.
     pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
-        let rows = sqlx::query(
-            "SELECT id, schedule, due_ms, state, node, attempt, created_ms, started_ms, heartbeat_ms, \
-             finished_ms, output FROM jobs ORDER BY created_ms DESC, due_ms DESC LIMIT $1",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_ms DESC, due_ms DESC LIMIT $1"
+        )))
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -214,32 +329,75 @@ impl Store {
             .map_err(failed("read jobs"))
     }
 
-    /// Keeps a running job's heartbeat fresh; returns its state (to see a cancellation).
-    pub async fn heartbeat(&self, id: &str, node: &str, now_ms: i64) -> Result<Option<String>> {
-        sqlx::query("UPDATE jobs SET heartbeat_ms = $1 WHERE id = $2 AND node = $3")
+    /// Queues `command` (a `lifeboat` command line without the program) asked for by
+    /// `actor`; returns the job.
+    pub async fn submit(&self, command: &[String], actor: &str, now_ms: i64) -> Result<Job> {
+        let id = new_id();
+        let arguments = serde_json::to_string(command).expect("strings serialize");
+        // Unique with the empty schedule by its due moment: a millisecond later if taken.
+        for due in now_ms..now_ms + 1000 {
+            let inserted = sqlx::query(
+                "INSERT INTO jobs (id, schedule, due_ms, state, node, attempt, created_ms, command, actor) \
+                 VALUES ($1, '', $2, 'queued', NULL, 0, $3, $4, $5) ON CONFLICT (schedule, due_ms) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(due)
             .bind(now_ms)
-            .bind(id)
-            .bind(node)
+            .bind(&arguments)
+            .bind(actor)
             .execute(&self.pool)
             .await
-            .map_err(failed("refresh a job"))?;
+            .map_err(failed("queue a job"))?;
+            if inserted.rows_affected() == 1 {
+                return self
+                    .job(&id)
+                    .await?
+                    .ok_or_else(|| ControlError::Invalid(format!("job {id} vanished")));
+            }
+        }
+        Err(ControlError::Invalid(
+            "too many jobs asked for at once: try again".to_string(),
+        ))
+    }
+
+    /// Keeps a running job's heartbeat (and progress, if any) fresh; returns its state (to
+    /// see a cancellation).
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        node: &str,
+        now_ms: i64,
+        progress: Option<&JobProgress>,
+    ) -> Result<Option<String>> {
+        let progress = progress.map(|p| serde_json::to_string(p).expect("progress serializes"));
+        sqlx::query(
+            "UPDATE jobs SET heartbeat_ms = $1, progress = COALESCE($2, progress) WHERE id = $3 AND node = $4",
+        )
+        .bind(now_ms)
+        .bind(progress)
+        .bind(id)
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("refresh a job"))?;
         Ok(self.job(id).await?.map(|job| job.state))
     }
 
     /// Records how a job ended.
-    pub async fn finish(
-        &self,
-        id: &str,
-        node: &str,
-        state: &str,
-        output: &str,
-        now_ms: i64,
-    ) -> Result<()> {
+    pub async fn finish(&self, id: &str, node: &str, end: &JobEnd, now_ms: i64) -> Result<()> {
+        let progress = end
+            .progress
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("progress serializes"));
         sqlx::query(
-            "UPDATE jobs SET state = $1, output = $2, finished_ms = $3 WHERE id = $4 AND node = $5",
+            "UPDATE jobs SET state = $1, output = $2, errors = $3, exit_code = $4, \
+             progress = COALESCE($5, progress), finished_ms = $6 WHERE id = $7 AND node = $8",
         )
-        .bind(state)
-        .bind(output)
+        .bind(end.state)
+        .bind(&end.output)
+        .bind(&end.errors)
+        .bind(end.exit_code)
+        .bind(progress)
         .bind(now_ms)
         .bind(id)
         .bind(node)
@@ -363,4 +521,89 @@ impl Store {
         .transpose()
         .map_err(failed("read a probe"))
     }
+}
+
+impl Store {
+    /// Notes that `region` is probed from `since_ms` on, unless it was before.
+    pub async fn monitor(&self, region: &str, since_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO monitored (region, since_ms) VALUES ($1, $2) ON CONFLICT (region) DO NOTHING",
+        )
+        .bind(region)
+        .bind(since_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("record a probed region"))?;
+        Ok(())
+    }
+
+    /// Since when `region` has been probed, if it has.
+    pub async fn monitored_since(&self, region: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT since_ms FROM monitored WHERE region = $1")
+            .bind(region)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed("read a probed region"))?;
+        row.map(|row| row.try_get(0))
+            .transpose()
+            .map_err(failed("read a probed region"))
+    }
+
+    /// Records `vm`'s RPO at `time_ms`: one sample per VM and 10 s, whichever node
+    /// records it first.
+    pub async fn record_rpo(&self, vm: &str, time_ms: i64, rpo_seconds: f64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rpo_samples (vm, slot, time_ms, rpo_seconds) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (vm, slot) DO NOTHING",
+        )
+        .bind(vm)
+        .bind(time_ms / RPO_SLOT_MS)
+        .bind(time_ms)
+        .bind(rpo_seconds)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("record an RPO sample"))?;
+        Ok(())
+    }
+
+    /// `vm`'s RPO samples since `since_ms`, oldest first.
+    pub async fn rpo_history(&self, vm: &str, since_ms: i64) -> Result<Vec<RpoSample>> {
+        let rows = sqlx::query(
+            "SELECT time_ms, rpo_seconds FROM rpo_samples WHERE vm = $1 AND time_ms >= $2 ORDER BY time_ms",
+        )
+        .bind(vm)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed("read RPO samples"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RpoSample {
+                    time_ms: row.try_get(0)?,
+                    rpo_seconds: row.try_get(1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(failed("read RPO samples"))
+    }
+
+    /// Drops RPO samples older than `before_ms`.
+    pub async fn forget_rpo(&self, before_ms: i64) -> Result<()> {
+        sqlx::query("DELETE FROM rpo_samples WHERE time_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(failed("drop old RPO samples"))?;
+        Ok(())
+    }
+}
+
+/// One RPO sample slot, in milliseconds.
+const RPO_SLOT_MS: i64 = 10_000;
+
+/// A VM's RPO at a moment.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct RpoSample {
+    pub time_ms: i64,
+    pub rpo_seconds: f64,
 }

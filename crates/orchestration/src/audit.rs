@@ -87,9 +87,10 @@ impl AuditLog {
     }
 }
 
-/// Who is running this process: `user@host` (the user behind sudo when there is one).
+/// Who is running this process: `user@host` (the user behind sudo when there is one; the
+/// API user, from `LIFEBOAT_ACTOR`, for a job `lifeboat serve` runs).
 pub fn actor() -> String {
-    let user = ["SUDO_USER", "USER", "LOGNAME"]
+    let user = ["LIFEBOAT_ACTOR", "SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         // SAFETY: getuid has no preconditions and cannot fail.

@@ -52,8 +52,23 @@ pub fn add_user(global: &GlobalOptions, arguments: &UserAddArguments) -> anyhow:
         anyhow::anyhow!("role '{}': give reader, operator or admin", arguments.role)
     })?;
     let now = chrono::Utc::now().timestamp_millis();
+    let password = match &arguments.login_password_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => None,
+    };
     let token = lifeboat_control::with_store(&config, async |store| {
-        store.add_user(&arguments.name, role, now).await
+        let token = store.add_user(&arguments.name, role, now).await?;
+        if let Some(password) = &password {
+            store.set_password(&arguments.name, password).await?;
+        }
+        Ok(token)
     })?;
     if global.json {
         print_json(&serde_json::json!({

@@ -2,6 +2,8 @@
 //! `lifeboat` binary, the test images from `scripts/make-test-images.sh`, and qemu's tools.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod daemon;
 pub mod replication;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,277 @@
+//! The CLI through a remote `lifeboat serve`: commands run there as jobs of the token's
+//! user, with the role each needs, their output and exit status given back; logins are
+//! rate-limited.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::Harness;
+use common::daemon::{serve_node, user};
+use serde_json::{Value, json};
+
+/// Region west (initialised) and a 1 MiB disk db1 with data.
+fn site(harness: &Harness) -> (PathBuf, PathBuf) {
+    let config = harness.path("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[region]]\nname = \"west\"\nrepository = \"{}\"\n",
+            harness.path("west").display()
+        ),
+    )
+    .unwrap();
+    let init = harness
+        .in_region(&config, "west")
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let disk = harness.path("db1.raw");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..11].copy_from_slice(b"hello world");
+    std::fs::write(&disk, bytes).unwrap();
+    (config, disk)
+}
+
+/// `lifeboat --remote http://ADDRESS [--token TOKEN] ARGUMENTS`: exit code, stdout, stderr.
+fn remote(address: &str, token: Option<&str>, arguments: &[&str]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    command.args(["--remote", &format!("http://{address}")]);
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    let output = command
+        .args(arguments)
+        .env_remove("LIFEBOAT_PASSWORD")
+        .env_remove("LIFEBOAT_REPO")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        output.status.code().unwrap(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr,
+    )
+}
+
+fn api(address: &str, token: &str, path: &str) -> Value {
+    reqwest::blocking::Client::new()
+        .get(format!("http://{address}{path}"))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_acts_through_a_remote_daemon_as_the_tokens_user_with_its_role() {
+    let harness = Harness::uninitialised();
+    let (config, disk) = site(&harness);
+    let (_server, address, _) = serve_node(&harness, &config);
+    let operator = user(&harness, &config, "ops", "operator", &[]);
+    let reader = user(&harness, &config, "watcher", "reader", &[]);
+    let disk = disk.to_str().unwrap();
+
+    // An operator backs up through the daemon: the point is made there, the report and
+    // exit status come back.
+    let (code, stdout, stderr) = remote(
+        &address,
+        Some(&operator),
+        &["--json", "--region", "west", "backup", "--vm", "db1", disk],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let point = report["point"].as_str().unwrap().to_string();
+    // A reader lists points: the same document the local CLI prints.
+    let (code, stdout, stderr) = remote(
+        &address,
+        Some(&reader),
+        &["--json", "--region", "west", "points"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    let local = harness
+        .in_region(&config, "west")
+        .args(["--json", "points"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        listed,
+        serde_json::from_slice::<Value>(&local.stdout).unwrap()
+    );
+    assert_eq!(listed[0]["point"], point.as_str());
+    // A failing command's exit status and message come back too.
+    let (code, _, stderr) = remote(
+        &address,
+        Some(&operator),
+        &[
+            "--region",
+            "west",
+            "restore",
+            "0000000",
+            "--target",
+            "/tmp/nowhere",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("0000000"), "{stderr}");
+    // Destructive commands need an operator, and say so; nothing is done.
+    let (code, _, stderr) = remote(
+        &address,
+        Some(&reader),
+        &[
+            "--region",
+            "west",
+            "forget",
+            "--vm",
+            "db1",
+            "--keep-last",
+            "0",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("user 'watcher' is a reader: this needs an operator"),
+        "{stderr}"
+    );
+    // Services, files of the caller's choosing and missing tokens are refused clearly.
+    let (code, _, stderr) = remote(&address, Some(&operator), &["serve"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("serves until stopped"), "{stderr}");
+    let (code, _, stderr) = remote(
+        &address,
+        Some(&operator),
+        &["--password-file", "/etc/shadow", "points"],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--password-file is not taken"), "{stderr}");
+    let (code, _, stderr) = remote(&address, None, &["--region", "west", "points"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("give a token"), "{stderr}");
+    let (code, _, stderr) = remote("127.0.0.1:1", Some(&operator), &["points"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot reach the Lifeboat daemon at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    // The jobs say who asked, and the backup's progress reached its end.
+    let jobs = api(&address, &operator, "/api/jobs");
+    let backup = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["command"][2] == "backup")
+        .unwrap();
+    assert_eq!(backup["actor"], "ops");
+    assert_eq!(backup["exit_code"], 0);
+    assert_eq!(backup["progress"]["unit"], "bytes", "{backup:#}");
+    assert_eq!(backup["progress"]["done"], backup["progress"]["total"]);
+    assert!(backup["progress"]["total"].as_u64().unwrap() > 0);
+    // Every request is in the audit log with its user, the refused one too.
+    let audit = api(&address, &operator, "/api/audit");
+    let entries = audit.as_array().unwrap();
+    let logged = |actor: &str, verb: &str, result: &str| {
+        entries.iter().any(|e| {
+            e["actor"] == actor
+                && e["target"].as_str().unwrap().starts_with(verb)
+                && e["result"].as_str().unwrap().starts_with(result)
+        })
+    };
+    assert!(logged("ops", "--region west backup", "job "), "{audit:#}");
+    assert!(
+        logged("watcher", "--region west forget", "refused"),
+        "{audit:#}"
+    );
+}
+
+#[test]
+fn logins_are_rate_limited_per_address_and_user_and_sessions_need_their_csrf_token() {
+    let harness = Harness::uninitialised();
+    let (config, _) = site(&harness);
+    let (_server, address, _) = serve_node(&harness, &config);
+    let password = harness.path("alice.password");
+    std::fs::write(&password, "a long enough secret\n").unwrap();
+    user(
+        &harness,
+        &config,
+        "alice",
+        "operator",
+        &["--login-password-file", password.to_str().unwrap()],
+    );
+    let http = reqwest::blocking::Client::new();
+    let login = |password: &str| {
+        http.post(format!("http://{address}/api/session"))
+            .json(&json!({"user": "alice", "password": password}))
+            .send()
+            .unwrap()
+    };
+    // The right password: a session cookie (HttpOnly, SameSite=Strict) and a CSRF token.
+    let good = login("a long enough secret");
+    assert_eq!(good.status(), 200);
+    let cookie = good.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let csrf = good.json::<Value>().unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let submit = |csrf: Option<&str>| {
+        let mut request = http
+            .post(format!("http://{address}/api/jobs"))
+            .header("cookie", &session)
+            .json(&json!({"command": ["--region", "west", "points"]}));
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf);
+        }
+        request.send().unwrap()
+    };
+    let refused = submit(None);
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().unwrap().contains("CSRF"));
+    assert_eq!(submit(Some("0123")).status(), 403);
+    assert_eq!(submit(Some(&csrf)).status(), 202);
+    // Reads with the cookie alone.
+    let me: Value = http
+        .get(format!("http://{address}/api/session"))
+        .header("cookie", &session)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["role"], "operator");
+
+    // Five wrong passwords, then even the right one waits.
+    for _ in 0..5 {
+        assert_eq!(login("wrong").status(), 401);
+    }
+    let limited = login("a long enough secret");
+    assert_eq!(limited.status(), 429);
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(limited.text().unwrap().contains("too many failed logins"));
+    // Logging out ends the session.
+    let out = http
+        .post(format!("http://{address}/api/session/logout"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = http
+        .get(format!("http://{address}/api/jobs"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(after.status(), 401);
+}

@@ -1,0 +1,287 @@
+//! The dashboard's login: `POST /api/session` (user and password) opens a session held in
+//! an HttpOnly, SameSite=Strict cookie and answers the CSRF token the page echoes in
+//! `X-CSRF-Token` on every change; `GET /api/session` says who is logged in;
+//! `POST /api/session/logout` ends it. Failed logins are limited per client address and
+//! per user name (`Limiter`, decided without I/O).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::{AppState, error};
+use crate::probes::now_ms;
+use crate::users::{Identity, Role, SESSION_MS, Session};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "lifeboat_session";
+/// The header a session's changes carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Failed logins tolerated per client address and per user name within `WINDOW_MS`.
+const FAILURES: usize = 5;
+const WINDOW_MS: i64 = 60_000;
+
+/// Failed logins, per key (`address:…`, `user:…`).
+#[derive(Default)]
+pub struct Limiter {
+    failures: HashMap<String, VecDeque<i64>>,
+}
+
+impl Limiter {
+    /// Seconds to wait before `keys` may try again, if any must.
+    pub fn wait(&mut self, keys: &[String], now_ms: i64) -> Option<u64> {
+        keys.iter()
+            .filter_map(|key| {
+                let times = self.failures.get_mut(key)?;
+                while times.front().is_some_and(|&t| t <= now_ms - WINDOW_MS) {
+                    times.pop_front();
+                }
+                (times.len() >= FAILURES).then(|| {
+                    let oldest = *times.front().expect("at least FAILURES");
+                    ((oldest + WINDOW_MS - now_ms).max(1000) / 1000) as u64
+                })
+            })
+            .max()
+    }
+
+    pub fn failed(&mut self, keys: &[String], now_ms: i64) {
+        if self.failures.len() > 100_000 {
+            self.failures
+                .retain(|_, times| times.back().is_some_and(|&t| t > now_ms - WINDOW_MS));
+        }
+        for key in keys {
+            self.failures
+                .entry(key.clone())
+                .or_default()
+                .push_back(now_ms);
+        }
+    }
+
+    pub fn succeeded(&mut self, keys: &[String]) {
+        for key in keys {
+            self.failures.remove(key);
+        }
+    }
+}
+
+/// Who is logged in.
+#[derive(Serialize, ToSchema)]
+pub struct SessionInfo {
+    pub user: String,
+    pub role: Role,
+    /// The token to send as `X-CSRF-Token` with every change (null without a session).
+    pub csrf: Option<String>,
+    /// False until a user exists: the API then only reads, anonymously.
+    pub users_exist: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+/// The session cookie's value in `headers`, if any.
+pub fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+fn info(session: &Session) -> SessionInfo {
+    SessionInfo {
+        user: session.identity.user.clone(),
+        role: session.identity.role,
+        csrf: Some(session.csrf.clone()),
+        users_exist: true,
+    }
+}
+
+/// Logs in with a user's password; sets the session cookie.
+#[utoipa::path(post, path = "/api/session", request_body = Login, responses(
+    (status = 200, description = "logged in; the cookie is set", body = SessionInfo),
+    (status = 400, description = "not a JSON login", body = crate::api::ApiError),
+    (status = 401, description = "wrong user or password", body = crate::api::ApiError),
+    (status = 429, description = "too many failed logins: wait", body = crate::api::ApiError)))]
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    login: Result<Json<Login>, JsonRejection>,
+) -> Response {
+    let login = match login {
+        Ok(Json(login)) => login,
+        Err(rejection) => return crate::api::bad_json(&rejection),
+    };
+    let keys = [
+        format!("address:{}", client.ip()),
+        format!("user:{}", login.user),
+    ];
+    let now = now_ms();
+    if let Some(seconds) = state
+        .limiter
+        .lock()
+        .expect("never poisoned")
+        .wait(&keys, now)
+    {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins: try again in {seconds} s"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, seconds.into());
+        return response;
+    }
+    let identity = match state
+        .store
+        .check_password(&login.user, &login.password)
+        .await
+    {
+        Ok(identity) => identity,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let Some(identity) = identity else {
+        state
+            .limiter
+            .lock()
+            .expect("never poisoned")
+            .failed(&keys, now);
+        let _ = state
+            .store
+            .audit(
+                &login.user,
+                "login",
+                "dashboard",
+                &format!("refused from {}", client.ip()),
+                now,
+            )
+            .await;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "wrong user name or password".to_string(),
+        );
+    };
+    state
+        .limiter
+        .lock()
+        .expect("never poisoned")
+        .succeeded(&keys);
+    let (id, session) = match state.store.open_session(&identity, now).await {
+        Ok(opened) => opened,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let _ = state
+        .store
+        .audit(
+            &identity.user,
+            "login",
+            "dashboard",
+            &format!("from {}", client.ip()),
+            now,
+        )
+        .await;
+    let secure = if state.tls { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        SESSION_MS / 1000
+    );
+    ([(header::SET_COOKIE, cookie)], Json(info(&session))).into_response()
+}
+
+/// Who is logged in (the session of the cookie, or the token's user).
+#[utoipa::path(get, path = "/api/session", responses(
+    (status = 200, description = "the user", body = SessionInfo),
+    (status = 401, description = "not logged in", body = crate::api::ApiError)))]
+pub async fn current(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    headers: HeaderMap,
+) -> Response {
+    let users_exist = match state.store.has_users().await {
+        Ok(exist) => exist,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let session = match cookie(&headers) {
+        Some(id) => match state.store.session(&id, now_ms()).await {
+            Ok(session) => session,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        None => None,
+    };
+    match session {
+        Some(session) => Json(info(&session)).into_response(),
+        None => Json(SessionInfo {
+            user: identity.user,
+            role: identity.role,
+            csrf: None,
+            users_exist,
+        })
+        .into_response(),
+    }
+}
+
+/// Ends the cookie's session.
+#[utoipa::path(post, path = "/api/session/logout", responses(
+    (status = 204, description = "logged out")))]
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers) {
+        let _ = state.store.close_session(&id).await;
+    }
+    (
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        )],
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_a_minute_then_wait_until_the_oldest_ages_out() {
+        let mut limiter = Limiter::default();
+        let keys = ["address:10.0.0.1".to_string(), "user:alice".to_string()];
+        for i in 0..5 {
+            assert_eq!(limiter.wait(&keys, 1_000 + i), None);
+            limiter.failed(&keys, 1_000 + i);
+        }
+        assert_eq!(limiter.wait(&keys, 2_000), Some(59));
+        // The same user from elsewhere waits too; another user from elsewhere does not.
+        let elsewhere = ["address:10.0.0.2".to_string(), "user:alice".to_string()];
+        assert!(limiter.wait(&elsewhere, 2_000).is_some());
+        let other = ["address:10.0.0.2".to_string(), "user:bob".to_string()];
+        assert_eq!(limiter.wait(&other, 2_000), None);
+        assert_eq!(limiter.wait(&keys, 61_001), None, "the window passed");
+        limiter.succeeded(&keys);
+        assert_eq!(limiter.wait(&keys, 2_000), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "theme=dark; lifeboat_session=abc123; other=1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(cookie(&headers).as_deref(), Some("abc123"));
+        assert_eq!(cookie(&HeaderMap::new()), None);
+    }
+}
