@@ -25,6 +25,9 @@ command -v openssl >/dev/null || need+=(openssl)
 # PostgreSQL's server binaries (the control plane's shared state; tests start their own
 # cluster on a free port, the system service is left stopped).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# Headless Chromium and its WebDriver for the dashboard's end-to-end test.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

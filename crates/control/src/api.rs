@@ -42,7 +42,7 @@ pub struct RegionStatus {
     pub up: Option<bool>,
     pub last_check: Option<Check>,
     pub open_incident: Option<Incident>,
-    /// Availability since the start of this month (UTC), 0–1.
+    /// Availability this month (UTC) since probing began, 0–1.
     pub availability_this_month: f64,
     pub sla_percent: f64,
     /// The availability this month meets the SLA.
@@ -111,7 +111,6 @@ async fn region_status(
         .map(|i| (i.opened_ms, i.closed_ms))
         .collect();
     let now = now_ms();
-    let availability_this_month = availability(&spans, month_start_ms(0).1, now);
     let mut months = Vec::new();
     let mut end = now;
     for back in 0..12 {
@@ -127,6 +126,11 @@ async fn region_status(
         });
         end = start;
     }
+    // Over the part of this month the region was probed.
+    let availability_this_month = months.first().map_or_else(
+        || availability(&spans, month_start_ms(0).1, now),
+        |month| month.availability,
+    );
     Ok(RegionStatus {
         name: region.name.clone(),
         probe: region.probe.clone(),

@@ -120,7 +120,7 @@
   }
 
   function emptyNote(rows, text) {
-    return rows.length === 0 ? el('p', { class: 'empty muted', text }) : null;
+    return rows.length === 0 ? el('p', { class: 'empty muted', text }) : document.createTextNode('');
   }
 
   /* ---------- Formatting ---------- */
