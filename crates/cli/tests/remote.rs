@@ -171,6 +171,16 @@ fn the_cli_acts_through_a_remote_daemon_as_the_tokens_user_with_its_role() {
     assert_eq!(backup["progress"]["unit"], "bytes", "{backup:#}");
     assert_eq!(backup["progress"]["done"], backup["progress"]["total"]);
     assert!(backup["progress"]["total"].as_u64().unwrap() > 0);
+    // The metrics give its duration and throughput.
+    let metrics = reqwest::blocking::get(format!("http://{address}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("lifeboat_job_last_bytes_per_second{schedule=\"run:backup\"}")
+            && metrics.contains("lifeboat_job_last_duration_seconds{schedule=\"run:points\"}"),
+        "{metrics}"
+    );
     // Every request is in the audit log with its user, the refused one too.
     let audit = api(&address, &operator, "/api/audit");
     let entries = audit.as_array().unwrap();

@@ -505,6 +505,12 @@ fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_r
     let harness = Harness::new();
     let config = harness.path("lifeboat.toml");
     let disk = raw_disk(&harness, "db1.raw", "4M");
+    // Data, so the repository stores some.
+    let mut bytes = std::fs::read(&disk).unwrap();
+    for (i, byte) in bytes[..1 << 20].iter_mut().enumerate() {
+        *byte = (i * 7 % 251) as u8;
+    }
+    std::fs::write(&disk, bytes).unwrap();
     std::fs::write(
         &config,
         format!(
@@ -545,6 +551,12 @@ fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_r
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(points >= 1, "{metrics}");
+    let stored: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("lifeboat_region_bytes_stored{region=\"east\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(stored > 0, "{metrics}");
     // The same poll recorded db1's RPO: its history, and the VM list, show it.
     let (status, body) = get(&address, "/api/vms/db1/rpo");
     assert_eq!(status, 200, "{body}");
@@ -563,6 +575,21 @@ fn metrics_show_the_rpo_and_lag_of_every_replicated_vm_and_the_points_of_every_r
         .unwrap();
     assert_eq!(db1["group"], "shop", "{vms}");
     assert!(db1["rpo_seconds"].as_f64().is_some(), "{vms}");
+    // The dashboard draws it: RPO over time for db1.
+    let browser = common::browser::Browser::start();
+    browser.open(&format!("http://{address}/#vms"));
+    browser.wait_for(
+        "document.body.dataset.page === 'vms' && document.body.dataset.ready === '1'",
+        30,
+    );
+    assert!(browser.text("tr[data-vm=\"db1\"]").contains("shop"));
+    browser.click("tr[data-vm=\"db1\"] button.show-rpo");
+    browser.wait_for(
+        "document.querySelector('svg.rpo-chart polyline.line') !== null",
+        20,
+    );
+    browser
+        .screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard/rpo.png"));
     let (status, body) = get(&address, "/api/replication");
     assert_eq!(status, 200);
     let replication: Value = serde_json::from_str(&body).unwrap();

@@ -613,33 +613,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(jobs) => jobs,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    text.push_str(
-        "# HELP lifeboat_jobs Recent jobs by schedule and state.\n# TYPE lifeboat_jobs gauge\n",
-    );
-    let mut counts: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
-    for job in &jobs {
-        *counts
-            .entry((job.schedule.as_str(), job.state.as_str()))
-            .or_default() += 1;
-    }
-    for ((schedule, job_state), count) in counts {
-        text.push_str(&format!(
-            "lifeboat_jobs{{schedule=\"{schedule}\",state=\"{job_state}\"}} {count}\n"
-        ));
-    }
-    text.push_str("# HELP lifeboat_job_last_duration_seconds Duration of each schedule's newest finished job.\n# TYPE lifeboat_job_last_duration_seconds gauge\n");
-    let mut seen = std::collections::BTreeSet::new();
-    for job in &jobs {
-        if let (Some(started), Some(finished)) = (job.started_ms, job.finished_ms)
-            && seen.insert(job.schedule.as_str())
-        {
-            text.push_str(&format!(
-                "lifeboat_job_last_duration_seconds{{schedule=\"{}\"}} {}\n",
-                job.schedule,
-                (finished - started) as f64 / 1000.0
-            ));
-        }
-    }
+    text.push_str(&crate::metrics::jobs(&jobs));
     if let Some(status) = &state.snapshot.read().await.status {
         text.push_str(&crate::replication::metrics(status));
     }

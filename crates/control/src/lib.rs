@@ -29,6 +29,7 @@ pub mod api;
 pub mod commands;
 pub mod drills;
 pub mod incidents;
+pub mod metrics;
 pub mod probes;
 pub mod replication;
 pub mod scheduler;

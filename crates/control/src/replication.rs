@@ -192,9 +192,7 @@ pub fn metrics(status: &Value) -> String {
         "Bytes written and not shipped yet (replication lag).",
         vms("pending_bytes"),
     );
-    family(
-        "lifeboat_region_points",
-        "Recovery points in the region's active repository.",
+    let per_region = |field: &str| -> Vec<String> {
         status["regions"]
             .as_array()
             .into_iter()
@@ -203,10 +201,20 @@ pub fn metrics(status: &Value) -> String {
                 Some(format!(
                     "{{region=\"{}\"}} {}",
                     r["name"].as_str()?,
-                    r["points"].as_u64()?
+                    r[field].as_u64()?
                 ))
             })
-            .collect(),
+            .collect()
+    };
+    family(
+        "lifeboat_region_points",
+        "Recovery points in the region's active repository.",
+        per_region("points"),
+    );
+    family(
+        "lifeboat_region_bytes_stored",
+        "Bytes of packed data (compressed, deduplicated) in the region's active repository.",
+        per_region("bytes_stored"),
     );
     text
 }

@@ -52,6 +52,8 @@ pub struct RegionStatus {
     pub error: Option<String>,
     /// Points in the active repository (when reachable).
     pub points: Option<usize>,
+    /// Bytes of packed data in the active repository (compressed, deduplicated).
+    pub bytes_stored: Option<u64>,
     /// The geo copy; `None` for `local` redundancy or before a failed-over region is
     /// reprotected.
     pub copy: Option<CopyStatus>,
@@ -179,6 +181,10 @@ pub fn region_status(
             .as_ref()
             .ok()
             .map(|(points, _)| points.len()),
+        bytes_stored: active_inventory
+            .as_ref()
+            .ok()
+            .map(|(_, packs)| packs.iter().map(|(_, size)| size).sum()),
         copy,
     }
 }
