@@ -49,8 +49,8 @@ pub struct GlobalOptions {
     #[arg(long, env = "LIFEBOAT_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Trust this PEM certificate (or CA) for an https:// --remote, instead of the
-    /// system's.
+    /// Trust the CA in this PEM file (the one that issued the daemon's certificate) for an
+    /// https:// --remote, instead of the system's.
     #[arg(long, env = "LIFEBOAT_CA_CERTIFICATE", global = true)]
     pub ca_certificate: Option<PathBuf>,
 
@@ -108,6 +108,9 @@ pub enum Command {
     /// Bring reprotected VMs home: a planned failover to their home region (stop, fence,
     /// final sync, start there), no data lost.
     Failback(FailbackArguments),
+    /// A failover drill: a test failover of a plan, its copies kept running a while, then
+    /// cleaned up; passed only when both succeed (for schedules).
+    Drill(DrillArguments),
     /// Runs of recovery plans: continue one after a manual step or an interruption, show
     /// them.
     #[command(subcommand)]
@@ -226,6 +229,24 @@ pub struct FailoverArguments {
     /// hard.
     #[arg(long, default_value_t = 60)]
     pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArguments {
+    #[command(flatten)]
+    pub target: Target,
+    /// The region to test in.
+    #[arg(long)]
+    pub to: String,
+    /// Which point: latest, processed, app (as for failover).
+    #[arg(long, default_value = "latest")]
+    pub point: String,
+    /// Start the copies from the points' exports at once (as for failover).
+    #[arg(long)]
+    pub instant: bool,
+    /// Seconds the copies run before they are cleaned up.
+    #[arg(long, default_value_t = 0)]
+    pub keep: u64,
 }
 
 #[derive(Debug, Subcommand)]

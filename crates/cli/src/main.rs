@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         Command::Commit(arguments) => commands::failover::commit(&cli.global, arguments),
         Command::Reprotect(arguments) => commands::failover::reprotect(&cli.global, arguments),
         Command::Failback(arguments) => commands::failover::failback(&cli.global, arguments),
+        Command::Drill(arguments) => commands::failover::drill(&cli.global, arguments),
         Command::Plan(command) => commands::failover::plan(&cli.global, command),
         Command::Audit(arguments) => commands::failover::audit(&cli.global, arguments),
         Command::Serve(arguments) => commands::serve::run(&cli.global, arguments),

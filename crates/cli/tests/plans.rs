@@ -521,3 +521,55 @@ fn a_failover_to_a_moment_starts_each_vm_from_its_point_at_that_time() {
     let restored = std::fs::read(site.state().join("vms/db1/east/disks/db1.raw")).unwrap();
     assert_eq!(&restored[..7], b"changed", "the latest point");
 }
+
+#[test]
+fn a_drill_tests_a_plan_and_cleans_up_whether_it_passes_or_fails() {
+    let site = Site::new(
+        r#"
+[[plan.action]]
+after = 1
+script = "test ! -e break-the-drill"
+timeout_seconds = 10
+"#,
+    );
+    site.points_in_east();
+    let placements = || -> Value {
+        serde_json::from_slice(&std::fs::read(site.state().join("vms.json")).unwrap()).unwrap()
+    };
+    let passed = site.ok(&["drill", "--plan", "shop", "--to", "east", "--keep", "1"]);
+    assert_eq!(passed["result"], "passed", "{passed:#}");
+    assert_eq!(passed["failover"]["state"], "succeeded");
+    assert_eq!(passed["failover"]["vms"].as_array().unwrap().len(), 3);
+    assert_eq!(passed["cleanup"]["state"], "succeeded");
+    assert!(passed["seconds"].as_f64().unwrap() >= 1.0);
+    assert!(
+        placements()["tests"]
+            .as_object()
+            .is_none_or(|t| t.is_empty())
+    );
+    // Production untouched.
+    assert!(placements()["vms"].as_object().is_none_or(|v| v.is_empty()));
+
+    // The script after db1's group fails: the drill fails, and db1's copy is removed.
+    std::fs::write(site.harness.path("break-the-drill"), b"").unwrap();
+    let (code, failed) = site.json(&["drill", "--plan", "shop", "--to", "east"]);
+    assert_eq!(code, 1, "{failed:#}");
+    assert_eq!(failed["result"], "failed");
+    assert!(
+        failed["failover_error"]
+            .as_str()
+            .unwrap()
+            .contains("test ! -e break-the-drill"),
+        "{failed:#}"
+    );
+    assert_eq!(failed["cleanup"]["state"], "succeeded", "{failed:#}");
+    assert!(
+        placements()["tests"]
+            .as_object()
+            .is_none_or(|t| t.is_empty())
+    );
+    // The next drill is not blocked by the failed run.
+    std::fs::remove_file(site.harness.path("break-the-drill")).unwrap();
+    let again = site.ok(&["drill", "--plan", "shop", "--to", "east"]);
+    assert_eq!(again["result"], "passed", "{again:#}");
+}

@@ -415,24 +415,65 @@ fn receivers(harness: &Harness) -> usize {
 #[test]
 fn the_api_speaks_https_with_the_configured_certificate_and_bad_tls_settings_are_refused_clearly() {
     let harness = Harness::uninitialised();
-    let generated = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=lifeboat",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(harness.path("key.pem"))
-        .arg("-out")
-        .arg(harness.path("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(generated.success());
+    // A CA, and the daemon's certificate for 127.0.0.1 signed by it.
+    let openssl = |arguments: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(arguments)
+            .current_dir(harness.directory.path())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {arguments:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=lifeboat test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=lifeboat",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.csr",
+    ]);
+    std::fs::write(
+        harness.path("extensions.cnf"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "extensions.cnf",
+        "-out",
+        "cert.pem",
+    ]);
     let config = harness.path("lifeboat.toml");
     let region = format!(
         "[[region]]\nname = \"west\"\nrepository = \"{}\"\n",
@@ -452,7 +493,7 @@ fn the_api_speaks_https_with_the_configured_certificate_and_bad_tls_settings_are
             .output()
             .unwrap()
     };
-    let trusted = curl(&["--cacert", harness.path("cert.pem").to_str().unwrap()]);
+    let trusted = curl(&["--cacert", harness.path("ca.pem").to_str().unwrap()]);
     assert!(trusted.status.success());
     let status: Value = serde_json::from_slice(&trusted.stdout).unwrap();
     assert_eq!(status["regions"][0]["name"], "west");
@@ -468,6 +509,28 @@ fn the_api_speaks_https_with_the_configured_certificate_and_bad_tls_settings_are
     assert!(
         serde_json::from_slice::<Value>(&plain.stdout).is_err(),
         "no plain HTTP answers"
+    );
+    // The remote CLI trusts the certificate it is given, and only it.
+    let remote = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .args(["--remote", &format!("https://{address}")])
+            .args(extra)
+            .args(["--json", "dns", "records"])
+            .output()
+            .unwrap()
+    };
+    let trusted = remote(&["--ca-certificate", harness.path("ca.pem").to_str().unwrap()]);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = remote(&[]);
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("cannot reach the Lifeboat daemon"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
     );
     // Half the settings, or a key that is not one: clear errors.
     std::fs::write(

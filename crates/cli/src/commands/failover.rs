@@ -162,9 +162,50 @@ fn execute(
     global: &GlobalOptions,
     config: &Config,
     plan: &Plan,
-    mut run: RunRecord,
+    run: RunRecord,
     new: bool,
 ) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let (outcome, report) = execute_run(global, config, plan, run, new)?;
+    if global.json {
+        print_json(&report)?;
+    }
+    let (operation, region) = (report["operation"].as_str(), report["region"].as_str());
+    match outcome {
+        Ok(Outcome::Succeeded) => {
+            if !global.json {
+                println!(
+                    "{} of plan '{}' to '{}' done in {:.1} s",
+                    operation.unwrap_or_default(),
+                    plan.name,
+                    region.unwrap_or_default(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(0)
+        }
+        Ok(Outcome::Waiting { message }) => {
+            if !global.json {
+                println!(
+                    "Waiting for a manual step: {message}\nWhen it is done, run: lifeboat plan continue {}",
+                    plan.name
+                );
+            }
+            Ok(3)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Runs (or resumes, unless `new`) `run` under the plan's lock; how it ended and its
+/// report.
+fn execute_run(
+    global: &GlobalOptions,
+    config: &Config,
+    plan: &Plan,
+    mut run: RunRecord,
+    new: bool,
+) -> anyhow::Result<(lifeboat_orchestration::Result<Outcome>, Value)> {
     let started = Instant::now();
     let runner = Runner::lock(&config.state_directory, &plan.name)?
         .scripts_in(config.path.parent().unwrap_or(std::path::Path::new(".")));
@@ -202,33 +243,86 @@ fn execute(
     }
     let outcome = runner.run(&mut run, &executor);
     let report = report(config, plan, &run, started.elapsed().as_secs_f64())?;
+    Ok((outcome, report))
+}
+
+/// `lifeboat drill`: a test failover of a plan, its copies kept running for `--keep`
+/// seconds, then cleaned up; passed only when both succeeded. For schedules.
+pub fn drill(global: &GlobalOptions, arguments: &crate::cli::DrillArguments) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let plan = plan_of(&config, &arguments.target)?;
+    config.region(&arguments.to)?;
+    let started = Instant::now();
+    let options = RunOptions {
+        point: arguments.point.clone(),
+        instant: arguments.instant,
+        ..RunOptions::default()
+    };
+    let run = new_run(&plan, Operation::TestFailover, &arguments.to, &options);
+    let (outcome, failover) = execute_run(global, &config, &plan, run, true)?;
+    let failover_error = match &outcome {
+        Ok(Outcome::Succeeded) => None,
+        Ok(Outcome::Waiting { message }) => Some(format!(
+            "the drill stops at a manual step ({message}): drills run plans without manual steps"
+        )),
+        Err(error) => Some(error.to_string()),
+    };
+    if failover_error.is_some() {
+        // The run would wait for good at a manual step, or be continued by hand after a
+        // failure: a drill gives it up, then cleans up what it started.
+        let runner = Runner::lock(&config.state_directory, &plan.name)?;
+        if let Some(mut unfinished) = RunRecord::unfinished(&config.state_directory, &plan.name)? {
+            runner.abandon(&mut unfinished)?;
+        }
+    } else {
+        std::thread::sleep(std::time::Duration::from_secs(arguments.keep));
+    }
+    let placements = Placements::load(&config.state_directory)?;
+    let started_any = plan
+        .groups
+        .iter()
+        .flatten()
+        .any(|vm| placements.tests.contains_key(vm));
+    let (cleanup_error, cleanup) = if started_any {
+        let run = new_run(
+            &plan,
+            Operation::Cleanup,
+            &arguments.to,
+            &RunOptions::default(),
+        );
+        let (outcome, report) = execute_run(global, &config, &plan, run, true)?;
+        (outcome.err().map(|e| e.to_string()), report)
+    } else {
+        (None, Value::Null)
+    };
+    let passed = failover_error.is_none() && cleanup_error.is_none();
+    let report = json!({
+        "plan": plan.name,
+        "region": arguments.to,
+        "result": if passed { "passed" } else { "failed" },
+        "failover_error": failover_error,
+        "cleanup_error": cleanup_error,
+        "seconds": started.elapsed().as_secs_f64(),
+        "failover": failover,
+        "cleanup": cleanup,
+    });
     if global.json {
         print_json(&report)?;
-    }
-    match outcome {
-        Ok(Outcome::Succeeded) => {
-            if !global.json {
-                println!(
-                    "{} of plan '{}' to '{}' done in {:.1} s",
-                    run.operation.as_str(),
-                    plan.name,
-                    run.region,
-                    started.elapsed().as_secs_f64()
-                );
+    } else {
+        println!(
+            "drill of plan '{}' in '{}': {} in {:.1} s",
+            plan.name,
+            arguments.to,
+            if passed { "passed" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        for error in [&report["failover_error"], &report["cleanup_error"]] {
+            if let Some(error) = error.as_str() {
+                println!("  {error}");
             }
-            Ok(0)
         }
-        Ok(Outcome::Waiting { message }) => {
-            if !global.json {
-                println!(
-                    "Waiting for a manual step: {message}\nWhen it is done, run: lifeboat plan continue {}",
-                    plan.name
-                );
-            }
-            Ok(3)
-        }
-        Err(error) => Err(error.into()),
     }
+    Ok(if passed { 0 } else { 1 })
 }
 
 /// What a run did: its steps and where the plan's VMs are now.
