@@ -584,6 +584,42 @@ on_storage_failover = "/usr/local/bin/move-dns"
     }
 
     #[test]
+    fn control_plane_mistakes_name_the_file_line_and_key() {
+        let cases = [
+            ("[settings]\nlisten = \"everywhere\"\n", "line 2", "listen"),
+            (
+                "[[region]]\nname = \"west\"\nrepository = \"/r\"\nprobe = \"ping:10.0.0.1\"\n",
+                "line 4",
+                "probe",
+            ),
+            (
+                "[[schedule]]\nname = \"nightly\"\nevery = \"often\"\ncommand = [\"verify\"]\n",
+                "line 3",
+                "every",
+            ),
+            (
+                "[[schedule]]\nname = \"nightly\"\nat = \"25:00\"\ncommand = [\"verify\"]\n",
+                "line 3",
+                "at",
+            ),
+            (
+                "[[schedule]]\nname = \"nightly\"\nevry = \"1h\"\ncommand = [\"verify\"]\n",
+                "line 3",
+                "evry",
+            ),
+        ];
+        for (text, line, key) in cases {
+            let error = parse_text(text).unwrap_err().to_string();
+            assert!(
+                error.starts_with("/etc/lifeboat/lifeboat.toml, ")
+                    && error.contains(line)
+                    && error.contains(key),
+                "{text}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn a_missing_file_is_named() {
         let error = load(Path::new("/nonexistent/lifeboat.toml"))
             .unwrap_err()
