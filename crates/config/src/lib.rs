@@ -607,6 +607,11 @@ on_storage_failover = "/usr/local/bin/move-dns"
                 "line 3",
                 "evry",
             ),
+            (
+                "[[schedule]]\nname = \"weekly\"\nat = \"03:00\"\non = [\"sunday\", \"caturday\"]\ncommand = [\"verify\"]\n",
+                "line 4",
+                "'caturday' is not a weekday",
+            ),
         ];
         for (text, line, key) in cases {
             let error = parse_text(text).unwrap_err().to_string();

@@ -1,6 +1,6 @@
 //! `[[schedule]]`: what `lifeboat serve` runs on a calendar — any `lifeboat` command line
-//! (backups, `forget` for retention, geo-sync, verify, test-failover drills), every so
-//! often or daily at a time (UTC).
+//! (backups, `forget` for retention, geo-sync, verify, drills), every so often, or at a
+//! time (UTC) every day or on given weekdays.
 
 use std::ops::Range;
 
@@ -14,9 +14,14 @@ use crate::ConfigError;
 pub enum Calendar {
     /// At every multiple of this many seconds since the Unix epoch.
     Every { seconds: u64 },
-    /// Daily at this minute of the day (UTC).
-    Daily { minute_of_day: u32 },
+    /// At this minute of the day (UTC), every day or on the weekdays set (Monday first).
+    Daily {
+        minute_of_day: u32,
+        weekdays: Option<[bool; 7]>,
+    },
 }
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// A scheduled job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +39,7 @@ pub(crate) struct ScheduleEntry {
     command: Spanned<Vec<String>>,
     every: Option<Spanned<String>>,
     at: Option<Spanned<String>>,
+    on: Option<Spanned<Vec<String>>>,
 }
 
 type Invalid<'a> = &'a dyn Fn(Range<usize>, String) -> ConfigError;
@@ -75,6 +81,14 @@ pub(crate) fn schedules(
                 ),
             ));
         }
+        if let (Some(on), None) = (&schedule.on, &schedule.at) {
+            return Err(invalid(
+                on.span(),
+                format!(
+                    "key 'on' of schedule '{name}': weekdays go with 'at' (like at = \"03:00\")"
+                ),
+            ));
+        }
         let calendar = match (&schedule.every, &schedule.at) {
             (Some(every), None) => Calendar::Every {
                 seconds: seconds(every.get_ref()).ok_or_else(|| {
@@ -92,6 +106,33 @@ pub(crate) fn schedules(
                     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
                     (h < 24 && m < 60).then_some(h * 60 + m)
                 });
+                let weekdays = match &schedule.on {
+                    None => None,
+                    Some(on) => {
+                        let mut days = [false; 7];
+                        for day in on.get_ref() {
+                            let index = WEEKDAYS
+                                .iter()
+                                .position(|d| day.to_ascii_lowercase().starts_with(d))
+                                .ok_or_else(|| {
+                                    invalid(
+                                        on.span(),
+                                        format!(
+                                            "key 'on' of schedule '{name}': '{day}' is not a weekday (mon, tue, wed, thu, fri, sat, sun)"
+                                        ),
+                                    )
+                                })?;
+                            days[index] = true;
+                        }
+                        if !days.contains(&true) {
+                            return Err(invalid(
+                                on.span(),
+                                format!("key 'on' of schedule '{name}': give at least one weekday"),
+                            ));
+                        }
+                        Some(days)
+                    }
+                };
                 Calendar::Daily {
                     minute_of_day: minute.ok_or_else(|| {
                         invalid(
@@ -99,9 +140,10 @@ pub(crate) fn schedules(
                             format!("key 'at' of schedule '{name}': '{}' is not a time like 02:30 (UTC)", at.get_ref()),
                         )
                     })?,
+                    weekdays,
                 }
             }
-            _ => {
+            (Some(_), Some(_)) | (None, None) => {
                 return Err(invalid(
                     entry.span(),
                     format!(
@@ -128,10 +170,20 @@ impl Schedule {
                 let period = seconds as i64 * 1000;
                 now_ms.div_euclid(period) * period
             }
-            Calendar::Daily { minute_of_day } => {
+            Calendar::Daily {
+                minute_of_day,
+                weekdays,
+            } => {
                 let day = 86_400_000;
                 let today = now_ms.div_euclid(day) * day + i64::from(minute_of_day) * 60_000;
-                if today <= now_ms { today } else { today - day }
+                let mut due = if today <= now_ms { today } else { today - day };
+                if let Some(weekdays) = weekdays {
+                    // 1970-01-01 was a Thursday (index 3, Monday first).
+                    while !weekdays[(due.div_euclid(day) + 3).rem_euclid(7) as usize] {
+                        due -= day;
+                    }
+                }
+                due
             }
         }
     }
@@ -151,8 +203,11 @@ mod tests {
         assert_eq!(every.due_at_or_before(7_200_000), 7_200_000);
         assert_eq!(every.due_at_or_before(7_199_999), 3_600_000);
         let daily = Schedule {
-            calendar: Calendar::Daily { minute_of_day: 150 },
-            ..every
+            calendar: Calendar::Daily {
+                minute_of_day: 150,
+                weekdays: None,
+            },
+            ..every.clone()
         };
         let day = 86_400_000;
         assert_eq!(
@@ -164,6 +219,21 @@ mod tests {
             150 * 60_000,
             "yesterday's"
         );
+        // Sundays at 02:30: 1970-01-04 was the first Sunday.
+        let mut sundays = [false; 7];
+        sundays[6] = true;
+        let weekly = Schedule {
+            calendar: Calendar::Daily {
+                minute_of_day: 150,
+                weekdays: Some(sundays),
+            },
+            ..every
+        };
+        let first = 3 * day + 150 * 60_000;
+        assert_eq!(weekly.due_at_or_before(first + 1), first);
+        assert_eq!(weekly.due_at_or_before(first + 6 * day), first, "Saturday");
+        assert_eq!(weekly.due_at_or_before(first + 7 * day), first + 7 * day);
+        assert_eq!(weekly.due_at_or_before(first - 1), first - 7 * day);
         assert_eq!(seconds("15m"), Some(900));
         assert_eq!(seconds("0s"), None);
         assert_eq!(seconds("1w"), None);
