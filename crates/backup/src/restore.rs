@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! planner ──requests──▶ readers (3 at once) ──runs──▶ workers (open, decompress, hash,
-//!                                                    place in the window) ──▶ this thread (write)
+//!                                                    place in the window) ──▶ two writers
 //! ```
 //!
 //! A disk is restored window by window ([`WINDOW_BYTES`]), in disk order, a few windows
@@ -49,8 +49,8 @@ const READ_RUN_BYTES: u64 = 8 * 1024 * 1024;
 const READERS: usize = 3;
 /// Disk bytes restored as one window.
 const WINDOW_BYTES: u64 = 16 * 1024 * 1024;
-/// Windows being filled at once.
-const WINDOWS_IN_FLIGHT: usize = 3;
+/// Windows being filled or written at once (two are written at a time).
+const WINDOWS_IN_FLIGHT: usize = 4;
 
 /// Where and how to restore.
 #[derive(Clone, Debug)]
@@ -336,27 +336,42 @@ fn restore_disk(
         }
         drop(run_receiver);
         drop(done_sender);
-        // This thread writes each window once complete, while the workers fill the next.
-        let mut total = 0u64;
-        for item in done_receiver {
-            let written = item.and_then(|window| {
-                let buffer = window.take_buffer()?;
-                let written = write_window(&target, disk_index, &window, &buffer);
-                let _ = free_sender.send(buffer);
-                written
-            });
-            match written {
-                Ok(bytes) => {
-                    total += bytes;
-                    progress.advance(bytes);
-                }
-                Err(error) => {
-                    abort.store(true, Ordering::SeqCst);
-                    return Err(error);
+        // This thread and one more write each window once complete, while the workers
+        // fill the next: two writes in flight keep the disk busier than one.
+        let (target, free_sender) = (&target, &free_sender);
+        let write_windows = move |done: Receiver<Result<Arc<Window>>>| -> Result<u64> {
+            let mut total = 0u64;
+            for item in done {
+                let written = item.and_then(|window| {
+                    let buffer = window.take_buffer()?;
+                    let written = write_window(target, disk_index, &window, &buffer);
+                    let _ = free_sender.send(buffer);
+                    written
+                });
+                match written {
+                    Ok(bytes) => {
+                        total += bytes;
+                        progress.advance(bytes);
+                    }
+                    Err(error) => {
+                        abort.store(true, Ordering::SeqCst);
+                        return Err(error);
+                    }
                 }
             }
-        }
-        Ok(total)
+            Ok(total)
+        };
+        let second = {
+            let done = done_receiver.clone();
+            scope.spawn(move || write_windows(done))
+        };
+        let mine = write_windows(done_receiver);
+        let theirs = second.join().unwrap_or_else(|_| {
+            Err(EngineError::Refused(
+                "a restore writer thread failed".to_string(),
+            ))
+        });
+        Ok(mine? + theirs?)
     })?;
     let expected: u64 = wanted
         .iter()
