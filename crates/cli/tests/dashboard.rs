@@ -1,6 +1,6 @@
 //! The dashboard end to end in headless Chromium (Debian's `chromium`, driven through
 //! `chromium-driver`): login (a wrong password refused), region status with incidents and
-//! uptime history, recovery points, VMs, a test failover of a plan started from the page
+//! uptime history that follows a region going down while the page is open, recovery points, VMs, a test failover of a plan started from the page
 //! with confirmation and a point choice and followed step by step, the jobs and drill
 //! report it leaves, and a reader who is not offered the failover. Screenshots go to
 //! `target/tmp/dashboard/`.
@@ -193,6 +193,17 @@ fn an_operator_runs_a_drill_from_the_dashboard_and_follows_it_step_by_step() {
     );
     assert_eq!(months, 1, "probing began this month");
     browser.screenshot(&shots.join("status.png"));
+    // Left open, the page follows: west stops answering and turns down without a reload.
+    drop(west_probe);
+    browser.wait_for(
+        "(document.querySelector('section.region[data-region=\"west\"] .health') || {}).textContent === 'down'",
+        30,
+    );
+    assert!(
+        browser
+            .text("section.region[data-region=\"west\"]")
+            .contains("Open incident")
+    );
 
     // Points and VMs.
     show(&browser, &base, "points");

@@ -336,19 +336,33 @@
 
   /* ---------- #status ---------- */
 
+  /** The status page refreshes itself this often, so it stays honest while left open. */
+  const STATUS_REFRESH_MS = 5000;
+
   async function renderStatus(page, ctx) {
-    const status = await api('GET', '/api/status');
-    const regions = status.regions || [];
-    const incidents = await Promise.all(regions.map((region) =>
-      api('GET', `/api/regions/${enc(region.name)}/incidents`).catch((err) => {
-        if (err.status === 401) throw err;
-        return err;
-      })));
-    if (!ctx.alive()) return;
-    page.replaceChildren(
-      el('h1', { text: 'Regions' }),
-      emptyNote(regions, 'No regions are configured.'),
-      el('div', { class: 'cards' }, regions.map((region, i) => regionCard(region, incidents[i]))));
+    const error = errorBox('status-error');
+    const load = async () => {
+      const status = await api('GET', '/api/status');
+      const regions = status.regions || [];
+      const incidents = await Promise.all(regions.map((region) =>
+        api('GET', `/api/regions/${enc(region.name)}/incidents`).catch((err) => {
+          if (err.status === 401) throw err;
+          return err;
+        })));
+      if (!ctx.alive()) return;
+      showError(error, '');
+      page.replaceChildren(
+        el('h1', { text: 'Regions' }),
+        error,
+        emptyNote(regions, 'No regions are configured.'),
+        el('div', { class: 'cards' }, regions.map((region, i) => regionCard(region, incidents[i]))),
+        el('p', { class: 'muted', text: `Updated ${new Date().toLocaleTimeString()}; refreshed every ${STATUS_REFRESH_MS / 1000} s.` }));
+    };
+    await load();
+    ctx.every(STATUS_REFRESH_MS, () => load().catch((err) => {
+      if (err.status === 401) throw err;
+      showError(error, `${err.message} (showing the last answer)`);
+    }));
   }
 
   function regionHealth(region) {
