@@ -184,7 +184,8 @@ async fn incidents(State(state): State<Arc<AppState>>, Path(name): Path<String>)
     }
 }
 
-/// The newest jobs (up to 200), newest first.
+/// The newest jobs (up to 200), newest first, each with the end of its output (the last
+/// 4,000 characters; `GET /api/jobs/{id}` has all of it).
 #[utoipa::path(get, path = "/api/jobs", responses(
     (status = 200, description = "jobs", body = Vec<Job>),
     (status = 503, description = "the state database cannot be read", body = ApiError)))]

@@ -68,6 +68,10 @@ const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
 /// The columns of a job, in the order `job()` reads them.
 const JOB_COLUMNS: &str = "id, schedule, due_ms, state, node, attempt, created_ms, started_ms, \
      heartbeat_ms, finished_ms, output, command, actor, exit_code, progress, errors";
+/// The same for lists: only the end of each output (`LISTED_OUTPUT` characters).
+const JOB_LIST_COLUMNS: &str = "id, schedule, due_ms, state, node, attempt, created_ms, started_ms, \
+     heartbeat_ms, finished_ms, CASE WHEN length(output) > 4000 THEN substr(output, length(output) - 3999) \
+     ELSE output END, command, actor, exit_code, progress, errors";
 
 /// An incident of a region.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -314,10 +318,11 @@ impl Store {
             .map_err(failed("read a job"))
     }
 
-    /// The newest `limit` jobs.
+    /// The newest `limit` jobs, each with the last 4,000 characters of its output (the
+    /// whole of it is in `job`).
     pub async fn jobs(&self, limit: i64) -> Result<Vec<Job>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_ms DESC, due_ms DESC LIMIT $1"
+            "SELECT {JOB_LIST_COLUMNS} FROM jobs ORDER BY created_ms DESC, due_ms DESC LIMIT $1"
         )))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -606,4 +611,45 @@ const RPO_SLOT_MS: i64 = 10_000;
 pub struct RpoSample {
     pub time_ms: i64,
     pub rpo_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_carry_the_end_of_each_output_and_a_job_all_of_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/state.db?mode=rwc", directory.path().display());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&url).await.unwrap();
+            let job = store
+                .submit(&["points".to_string()], "alice", 1_000)
+                .await
+                .unwrap();
+            let claimed = store.claim("node-a", 1_001).await.unwrap().unwrap();
+            assert_eq!(claimed.id, job.id);
+            let output = format!("{}END", "x".repeat(10_000));
+            let end = JobEnd {
+                state: "succeeded",
+                output: output.clone(),
+                exit_code: Some(0),
+                ..JobEnd::default()
+            };
+            store.finish(&job.id, "node-a", &end, 1_002).await.unwrap();
+            let listed = store.jobs(10).await.unwrap();
+            let listed_output = listed[0].output.as_deref().unwrap();
+            assert_eq!(listed_output.len(), 4000);
+            assert!(listed_output.ends_with("END"));
+            let whole = store.job(&job.id).await.unwrap().unwrap();
+            assert_eq!(whole.output.as_deref(), Some(output.as_str()));
+            assert_eq!(whole.actor.as_deref(), Some("alice"));
+            assert_eq!(whole.command, Some(vec!["points".to_string()]));
+            assert_eq!(whole.exit_code, Some(0));
+        });
+    }
 }
