@@ -181,6 +181,28 @@ fn the_cli_acts_through_a_remote_daemon_as_the_tokens_user_with_its_role() {
             && metrics.contains("lifeboat_job_last_duration_seconds{schedule=\"run:points\"}"),
         "{metrics}"
     );
+    // An admin makes a user through the daemon: the new token reaches the admin, and no
+    // one below an admin can read it in the job records.
+    let admin = user(&harness, &config, "root", "admin", &[]);
+    let (code, stdout, stderr) = remote(
+        &address,
+        Some(&admin),
+        &["--json", "user", "add", "newcomer", "--role", "reader"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let created: Value = serde_json::from_str(&stdout).unwrap();
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("lb_"));
+    for viewer in [&reader, &operator] {
+        let jobs = api(&address, viewer, "/api/jobs").to_string();
+        assert!(!jobs.contains(token), "a token leaked to a lower role");
+        assert!(jobs.contains("shown to an admin or above"), "{jobs}");
+    }
+    assert!(
+        api(&address, &admin, "/api/jobs")
+            .to_string()
+            .contains(token)
+    );
     // Every request is in the audit log with its user, the refused one too.
     let audit = api(&address, &operator, "/api/audit");
     let entries = audit.as_array().unwrap();

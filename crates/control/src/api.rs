@@ -189,11 +189,36 @@ async fn incidents(State(state): State<Arc<AppState>>, Path(name): Path<String>)
 #[utoipa::path(get, path = "/api/jobs", responses(
     (status = 200, description = "jobs", body = Vec<Job>),
     (status = 503, description = "the state database cannot be read", body = ApiError)))]
-async fn jobs(State(state): State<Arc<AppState>>) -> Response {
+async fn jobs(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(identity): axum::Extension<Identity>,
+) -> Response {
     match state.store.jobs(200).await {
-        Ok(jobs) => Json(jobs).into_response(),
+        Ok(jobs) => Json(
+            jobs.into_iter()
+                .map(|job| visible(job, &identity))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// `job` as `identity` may see it: what a command printed only to those with the role it
+/// needed (`user add` prints a token: only admins see it).
+fn visible(mut job: Job, identity: &Identity) -> Job {
+    let needed = job.command.as_deref().map_or(Role::Reader, |command| {
+        crate::commands::required_role(command).unwrap_or(Role::Admin)
+    });
+    if identity.role < needed {
+        job.output = None;
+        job.errors = Some(format!(
+            "what this command printed is shown to {} {} or above",
+            if needed == Role::Reader { "a" } else { "an" },
+            needed.as_str()
+        ));
+    }
+    job
 }
 
 /// One job.
@@ -203,9 +228,13 @@ async fn jobs(State(state): State<Arc<AppState>>) -> Response {
         (status = 200, description = "the job", body = Job),
         (status = 404, description = "no such job", body = ApiError),
         (status = 503, description = "the state database cannot be read", body = ApiError)))]
-async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+async fn job(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(identity): axum::Extension<Identity>,
+    Path(id): Path<String>,
+) -> Response {
     match state.store.job(&id).await {
-        Ok(Some(job)) => Json(job).into_response(),
+        Ok(Some(job)) => Json(visible(job, &identity)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("there is no job '{id}'")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

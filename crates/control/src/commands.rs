@@ -2,8 +2,8 @@
 //!
 //! The API runs any command a user could type, as a job on a node (`POST /api/jobs`), so
 //! the remote CLI and the dashboard can do what the local CLI does. Reading commands need
-//! a reader; commands that change repositories, VMs or DNS an operator; managing users an
-//! admin. Commands that serve for as long as they run (`serve`, `protect`, `receive`,
+//! a reader; commands that change repositories, VMs or DNS, and the audit log (as
+//! `/api/audit`), an operator; managing users an admin. Commands that serve for as long as they run (`serve`, `protect`, `receive`,
 //! `export`, `dns serve`) are not run on request: they belong in a unit file or a
 //! schedule.
 
@@ -30,7 +30,7 @@ pub fn required_role(command: &[String]) -> Result<Role, String> {
     };
     let second = words.get(1).copied().unwrap_or("");
     match (first, second) {
-        ("points" | "status" | "verify" | "audit", _) | ("plan", "status") | ("dns", "records") => {
+        ("points" | "status" | "verify", _) | ("plan", "status") | ("dns", "records") => {
             Ok(Role::Reader)
         }
         (
@@ -89,6 +89,7 @@ mod tests {
         );
         assert_eq!(role(&["plan", "continue", "shop"]), Ok(Role::Operator));
         assert_eq!(role(&["user", "add", "bob"]), Ok(Role::Admin));
+        assert_eq!(role(&["audit"]), Ok(Role::Operator), "as /api/audit");
     }
 
     #[test]
