@@ -35,7 +35,7 @@ pub fn required_role(command: &[String]) -> Result<Role, String> {
         }
         (
             "backup" | "restore" | "forget" | "prune" | "geo-sync" | "failover" | "cleanup"
-            | "commit" | "reprotect" | "failback" | "init",
+            | "commit" | "reprotect" | "failback" | "init" | "drill" | "audit",
             _,
         )
         | ("region", _)
@@ -88,6 +88,10 @@ mod tests {
             Ok(Role::Operator)
         );
         assert_eq!(role(&["plan", "continue", "shop"]), Ok(Role::Operator));
+        assert_eq!(
+            role(&["drill", "--plan", "shop", "--to", "east"]),
+            Ok(Role::Operator)
+        );
         assert_eq!(role(&["user", "add", "bob"]), Ok(Role::Admin));
         assert_eq!(role(&["audit"]), Ok(Role::Operator), "as /api/audit");
     }
