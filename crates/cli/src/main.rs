@@ -25,6 +25,7 @@ use crate::cli::{Cli, Command, VmCommand};
 pub const EXIT_DAMAGE: u8 = 3;
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let json = cli.global.json;
@@ -75,6 +76,21 @@ fn main() -> ExitCode {
             output::print_error(&error, json);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Lets glibc's allocator reuse freed buffers instead of returning them to the kernel: the
+/// data path allocates and frees buffers of megabytes (cut parts, pack groups, restore
+/// windows) all the time, and by default each comes from fresh zeroed pages (page faults
+/// and page clearing were a tenth of the receiver's CPU at 100 MiB/s of churn). Allocations
+/// under 64 MiB come from the heap, and up to 256 MiB of freed memory is kept for reuse.
+/// Measured (`bench/replication.sh`, 100 MiB/s, 30 s, two runs each): the processed-point
+/// RPO p50 went from 5.9–6.0 s to 3.0–3.5 s, p99 from 9.5 s to 4.5–5.1 s.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator settings; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
 
