@@ -125,29 +125,18 @@ impl Executor for PlanExecutor<'_> {
 /// A progress line for `lifeboat serve`: every step of the run and its state, the step
 /// that changed as the message.
 fn report_steps(run: &RunRecord, index: usize) {
-    let steps: Vec<serde_json::Value> = run
-        .steps
-        .iter()
-        .map(|step| {
-            serde_json::json!({
-                "name": step.action.to_string(),
-                "state": step.state,
-                "detail": step.detail,
-            })
-        })
-        .collect();
     let done = run
         .steps
         .iter()
         .filter(|s| s.state == StepState::Done)
         .count();
-    crate::progress::emit(&serde_json::json!({
-        "done": done,
-        "total": run.steps.len(),
-        "unit": "steps",
-        "message": run.steps[index].action.to_string(),
-        "steps": steps,
-    }));
+    crate::progress::emit(&lifeboat_control::store::JobProgress {
+        done: done as u64,
+        total: run.steps.len() as u64,
+        unit: "steps".to_string(),
+        message: run.steps[index].action.to_string(),
+        steps: Some(run.steps.iter().map(Into::into).collect()),
+    });
 }
 
 impl PlanExecutor<'_> {

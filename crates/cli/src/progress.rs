@@ -2,8 +2,8 @@
 //! (environment `LIFEBOAT_PROGRESS=lines`), progress lines on standard error that the job
 //! runner reads; nothing otherwise.
 //!
-//! A progress line is `lifeboat-progress ` followed by one JSON object:
-//! `{"done": N, "total": N, "unit": "bytes"|"steps", "message": "...", "steps": [...]}`.
+//! A progress line is the runner's prefix (`lifeboat-progress `) followed by one
+//! `JobProgress` as JSON, the runner's own type.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lifeboat_backup::Progress;
-use serde_json::{Value, json};
-
-/// The prefix of a progress line.
-pub const LINE_PREFIX: &str = "lifeboat-progress ";
+use lifeboat_control::scheduler::PROGRESS_PREFIX;
+use lifeboat_control::store::JobProgress;
 /// Progress lines no more often than this (but always at the start and the end).
 const LINE_EVERY: Duration = Duration::from_millis(500);
 
@@ -25,9 +23,10 @@ pub fn lines_wanted() -> bool {
 }
 
 /// Writes one progress line on standard error.
-pub fn emit(progress: &Value) {
+pub fn emit(progress: &JobProgress) {
+    let line = serde_json::to_string(progress).expect("progress serializes");
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{LINE_PREFIX}{progress}");
+    let _ = writeln!(stderr, "{PROGRESS_PREFIX}{line}");
 }
 
 /// Progress lines of a byte count: the phase, bytes done and the total.
@@ -39,12 +38,13 @@ struct Lines {
 
 impl Lines {
     fn emit(&self, phase: &str) {
-        emit(&json!({
-            "done": self.done.load(Ordering::Relaxed),
-            "total": self.total.load(Ordering::Relaxed),
-            "unit": "bytes",
-            "message": phase,
-        }));
+        emit(&JobProgress {
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            unit: "bytes".to_string(),
+            message: phase.to_string(),
+            steps: None,
+        });
     }
 }
 

@@ -125,7 +125,8 @@ pub fn password(global: &GlobalOptions) -> anyhow::Result<Option<Vec<u8>>> {
     }
 }
 
-fn read_password_file(file: &Path) -> anyhow::Result<Vec<u8>> {
+/// The first line of a password file, which must not be empty.
+pub fn read_password_file(file: &Path) -> anyhow::Result<Vec<u8>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read the password file {}", file.display()))?;
     let line = text.lines().next().unwrap_or_default();

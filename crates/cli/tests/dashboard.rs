@@ -10,9 +10,9 @@ mod common;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use common::Harness;
 use common::browser::Browser;
 use common::daemon::{serve_node, user};
+use common::{Harness, succeeds};
 
 /// West answers its probe, east does not; VM db1 (home west) with a point in east; plan
 /// shop.
@@ -62,19 +62,13 @@ groups = [["db1"]]
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..3].copy_from_slice(b"db1");
     std::fs::write(&disk, bytes).unwrap();
-    for arguments in [vec!["init"], vec!["backup", "--vm", "db1"]] {
-        let mut command = harness.in_region(&config, "east");
-        command.args(&arguments);
-        if arguments[0] == "backup" {
-            command.arg(&disk);
-        }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    succeeds(harness.in_region(&config, "east").arg("init"));
+    succeeds(
+        harness
+            .in_region(&config, "east")
+            .args(["backup", "--vm", "db1"])
+            .arg(&disk),
+    );
     config
 }
 

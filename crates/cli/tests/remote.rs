@@ -6,8 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::Harness;
 use common::daemon::{serve_node, user};
+use common::{Harness, succeeds};
 use serde_json::{Value, json};
 
 /// Region west (initialised) and a 1 MiB disk db1 with data.
@@ -21,12 +21,7 @@ fn site(harness: &Harness) -> (PathBuf, PathBuf) {
         ),
     )
     .unwrap();
-    let init = harness
-        .in_region(&config, "west")
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(init.status.success());
+    succeeds(harness.in_region(&config, "west").arg("init"));
     let disk = harness.path("db1.raw");
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..11].copy_from_slice(b"hello world");

@@ -127,12 +127,7 @@ fn scheduled(harness: &Harness, settings: &str) -> std::path::PathBuf {
         ),
     )
     .unwrap();
-    let init = harness
-        .in_region(&config, "west")
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(init.status.success());
+    common::succeeds(harness.in_region(&config, "west").arg("init"));
     config
 }
 

@@ -213,9 +213,8 @@ fn visible(mut job: Job, identity: &Identity) -> Job {
     if identity.role < needed {
         job.output = None;
         job.errors = Some(format!(
-            "what this command printed is shown to {} {} or above",
-            if needed == Role::Reader { "a" } else { "an" },
-            needed.as_str()
+            "what this command printed is shown to {} or above",
+            needed.with_article()
         ));
     }
     job
@@ -298,14 +297,14 @@ async fn audit(
     }
 }
 
-/// Who makes `request`: the user of its bearer token, or of its session cookie (whose
-/// changes must carry the session's CSRF token), or, until a user exists, an anonymous
-/// reader. An error response when it cannot be told.
+/// Who makes a request: the user of its bearer token, or of its session cookie (whose
+/// changes must carry the session's CSRF token, returned too), or, until a user exists, an
+/// anonymous reader. An error response when it cannot be told.
 async fn identify(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     changing: bool,
-) -> Result<Identity, Response> {
+) -> Result<(Identity, crate::session::Csrf), Response> {
     let unavailable =
         |e: crate::ControlError| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let token = headers
@@ -314,7 +313,7 @@ async fn identify(
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(token) = token {
         return match state.store.authenticate(token).await.map_err(unavailable)? {
-            Some(identity) => Ok(identity),
+            Some(identity) => Ok((identity, crate::session::Csrf(None))),
             None => Err(error(
                 StatusCode::UNAUTHORIZED,
                 "this token is not valid".to_string(),
@@ -338,13 +337,14 @@ async fn identify(
                     .to_string(),
             ));
         }
-        return Ok(session.identity);
+        return Ok((session.identity, crate::session::Csrf(Some(session.csrf))));
     }
     if !state.store.has_users().await.map_err(unavailable)? {
-        return Ok(Identity {
+        let anonymous = Identity {
             user: "anonymous".to_string(),
             role: Role::Reader,
-        });
+        };
+        return Ok((anonymous, crate::session::Csrf(None)));
     }
     Err(error(
         StatusCode::UNAUTHORIZED,
@@ -373,8 +373,8 @@ async fn authorize(
     }
     let reading = request.method() == axum::http::Method::GET;
     let headers = request.headers().clone();
-    let identity = match identify(&state, &headers, !reading).await {
-        Ok(identity) => identity,
+    let (identity, csrf) = match identify(&state, &headers, !reading).await {
+        Ok(identified) => identified,
         Err(response) => return response,
     };
     let judged_by_handler = path == "/api/jobs" && request.method() == axum::http::Method::POST;
@@ -382,6 +382,7 @@ async fn authorize(
         return forbidden(&identity, "an operator or admin");
     }
     request.extensions_mut().insert(identity);
+    request.extensions_mut().insert(csrf);
     next.run(request).await
 }
 
@@ -440,8 +441,7 @@ async fn submit(
             .store
             .audit(&identity.user, "run", &target, "refused: role", now_ms())
             .await;
-        let article = if needed == Role::Reader { "a" } else { "an" };
-        return forbidden(&identity, &format!("{article} {}", needed.as_str()));
+        return forbidden(&identity, needed.with_article());
     }
     let job = match state
         .store
@@ -491,11 +491,7 @@ pub struct VmSummary {
     (status = 200, description = "VMs", body = Vec<VmSummary>)))]
 async fn vms(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot.read().await;
-    let replicated = snapshot
-        .status
-        .as_ref()
-        .map(crate::replication::vm_rpos)
-        .unwrap_or_default();
+    let replicated = &snapshot.vms;
     let summaries: Vec<VmSummary> = state
         .config
         .vms
@@ -548,9 +544,7 @@ async fn vm_rpo(State(state): State<Arc<AppState>>, Path(name): Path<String>) ->
 #[utoipa::path(get, path = "/api/points", responses(
     (status = 200, description = "points", body = Vec<Object>)))]
 async fn points(State(state): State<Arc<AppState>>) -> Response {
-    let mut points = state.snapshot.read().await.points.clone();
-    points.sort_by(|a, b| b["time"].as_str().cmp(&a["time"].as_str()));
-    Json(points).into_response()
+    Json(&state.snapshot.read().await.points).into_response()
 }
 
 /// A recovery plan.
@@ -644,8 +638,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     text.push_str(&crate::metrics::jobs(&jobs));
-    if let Some(status) = &state.snapshot.read().await.status {
-        text.push_str(&crate::replication::metrics(status));
+    let snapshot = state.snapshot.read().await;
+    if let Some(status) = &snapshot.status {
+        text.push_str(&crate::replication::metrics(status, &snapshot.vms));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

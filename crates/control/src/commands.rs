@@ -16,15 +16,7 @@ pub fn required_role(command: &[String]) -> Result<Role, String> {
             "{option} is not taken through the API: the daemon uses its own configuration and password"
         ));
     }
-    let mut words = Vec::new();
-    let mut arguments = command.iter().map(String::as_str);
-    while let Some(argument) = arguments.next() {
-        if argument == "--region" {
-            arguments.next();
-        } else if !argument.starts_with('-') {
-            words.push(argument);
-        }
-    }
+    let words = words(command);
     let Some(&first) = words.first() else {
         return Err("give a command, e.g. [\"points\", \"--vm\", \"db1\"]".to_string());
     };
@@ -51,6 +43,22 @@ pub fn required_role(command: &[String]) -> Result<Role, String> {
             words.join(" ")
         )),
     }
+}
+
+/// The words of `command` that name the command (`plan continue …`): its arguments
+/// without options and without the value of `--region`, the one global option with a
+/// value the API takes.
+pub fn words(command: &[String]) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut arguments = command.iter().map(String::as_str);
+    while let Some(argument) = arguments.next() {
+        if argument == "--region" {
+            arguments.next();
+        } else if !argument.starts_with('-') {
+            words.push(argument);
+        }
+    }
+    words
 }
 
 /// Options naming files or repositories of the caller's choosing, which a daemon must not

@@ -7,6 +7,8 @@ use lifeboat_orchestration::run::RunRecord;
 use lifeboat_orchestration::steps::Operation;
 use serde_json::{Value, json};
 
+use crate::store::JobStep;
+
 /// Every test failover run, newest first.
 pub fn list(state_directory: &Path) -> Result<Vec<Value>, String> {
     let runs = RunRecord::list(state_directory).map_err(|e| e.to_string())?;
@@ -30,11 +32,7 @@ pub fn list(state_directory: &Path) -> Result<Vec<Value>, String> {
                 "actor": run.actor,
                 "started": run.started,
                 "finished": finished,
-                "steps": run.steps.iter().map(|step| json!({
-                    "name": step.action.to_string(),
-                    "state": step.state,
-                    "detail": step.detail,
-                })).collect::<Vec<_>>(),
+                "steps": run.steps.iter().map(JobStep::from).collect::<Vec<_>>(),
             })
         })
         .collect())

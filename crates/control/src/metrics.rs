@@ -14,15 +14,8 @@ fn label(job: &Job) -> String {
     }
     let command = job
         .command
-        .iter()
-        .flatten()
-        .scan(false, |skip, word| {
-            let this = (!*skip && !word.starts_with('-')).then_some(word.as_str());
-            *skip = word == "--region";
-            Some(this)
-        })
-        .flatten()
-        .next()
+        .as_deref()
+        .and_then(|command| crate::commands::words(command).first().copied())
         .unwrap_or("command");
     format!("run:{command}")
 }

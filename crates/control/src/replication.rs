@@ -20,7 +20,9 @@ pub const POLL: Duration = Duration::from_secs(10);
 #[derive(Clone, Default)]
 pub struct Snapshot {
     pub status: Option<Value>,
-    /// Every region's points, each with a `region` field.
+    /// Every replicated VM's RPO in `status`.
+    pub vms: Vec<VmRpo>,
+    /// Every region's points, each with a `region` field, newest first.
     pub points: Vec<Value>,
     pub read_ms: i64,
     pub error: Option<String>,
@@ -50,7 +52,8 @@ pub async fn poll(runner: JobRunner, shared: Shared, store: Store, regions: Vec<
         snapshot.read_ms = now_ms();
         match read(&runner, &["status"]).await {
             Ok(status) => {
-                for vm in vm_rpos(&status) {
+                snapshot.vms = vm_rpos(&status);
+                for vm in &snapshot.vms {
                     if let Some(rpo) = vm.rpo_seconds
                         && let Err(error) = store.record_rpo(&vm.vm, snapshot.read_ms, rpo).await
                     {
@@ -75,6 +78,7 @@ pub async fn poll(runner: JobRunner, shared: Shared, store: Store, regions: Vec<
                 Err(error) => snapshot.error = Some(error),
             }
         }
+        points.sort_by(|a, b| b["time"].as_str().cmp(&a["time"].as_str()));
         snapshot.points = points;
         *shared.write().await = snapshot;
         let _ = store.forget_rpo(now_ms() - RPO_HISTORY_MS).await;
@@ -95,13 +99,18 @@ pub struct VmRpo {
     pub pending_bytes: Option<u64>,
 }
 
-/// Every replicated VM in `status`.
-pub fn vm_rpos(status: &Value) -> Vec<VmRpo> {
+/// Every replication group in `status`, of every recovery repository.
+fn groups(status: &Value) -> impl Iterator<Item = &Value> {
     status["replication"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|repository| repository["groups"].as_array().into_iter().flatten())
+}
+
+/// Every replicated VM in `status`.
+pub fn vm_rpos(status: &Value) -> Vec<VmRpo> {
+    groups(status)
         .flat_map(|group| {
             group["vms"]
                 .as_array()
@@ -120,15 +129,11 @@ pub fn vm_rpos(status: &Value) -> Vec<VmRpo> {
         .collect()
 }
 
-/// Prometheus lines for the replication groups and repositories in `status`.
-pub fn metrics(status: &Value) -> String {
+/// Prometheus lines for the replication groups and repositories in `status`, and its
+/// replicated VMs `vms` (`vm_rpos`).
+pub fn metrics(status: &Value, vms: &[VmRpo]) -> String {
     let mut text = String::new();
-    let groups: Vec<&Value> = status["replication"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|repository| repository["groups"].as_array().into_iter().flatten())
-        .collect();
+    let groups: Vec<&Value> = groups(status).collect();
     let mut family = |name: &str, help: &str, lines: Vec<String>| {
         text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
         for line in lines {
@@ -163,34 +168,27 @@ pub fn metrics(status: &Value) -> String {
         "Bytes shipped per second to the recovery region over the last minute.",
         per_group("ship_bytes_per_second"),
     );
-    let vms = |field: &str| -> Vec<String> {
-        groups
-            .iter()
-            .flat_map(|g| {
-                g["vms"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(move |vm| {
-                        Some(format!(
-                            "{{group=\"{}\",vm=\"{}\"}} {}",
-                            g["group"].as_str()?,
-                            vm["vm"].as_str()?,
-                            vm[field].as_f64()?
-                        ))
-                    })
+    let per_vm = |value: fn(&VmRpo) -> Option<f64>| -> Vec<String> {
+        vms.iter()
+            .filter_map(|vm| {
+                Some(format!(
+                    "{{group=\"{}\",vm=\"{}\"}} {}",
+                    vm.group,
+                    vm.vm,
+                    value(vm)?
+                ))
             })
             .collect()
     };
     family(
         "lifeboat_vm_rpo_seconds",
         "Age of the VM's newest point in the recovery region.",
-        vms("rpo_seconds"),
+        per_vm(|vm| vm.rpo_seconds),
     );
     family(
         "lifeboat_vm_pending_bytes",
         "Bytes written and not shipped yet (replication lag).",
-        vms("pending_bytes"),
+        per_vm(|vm| vm.pending_bytes.map(|bytes| bytes as f64)),
     );
     let per_region = |field: &str| -> Vec<String> {
         status["regions"]

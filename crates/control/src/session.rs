@@ -71,6 +71,17 @@ impl Limiter {
     }
 }
 
+/// The CSRF token of the request's session, when it came with a session cookie (set by
+/// the authorization layer).
+#[derive(Clone, Debug)]
+pub struct Csrf(pub Option<String>);
+
+/// The `Set-Cookie` value for the session `id` (empty to end it) lasting `seconds`.
+fn session_cookie(id: &str, seconds: i64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={seconds}{secure}")
+}
+
 /// Who is logged in.
 #[derive(Serialize, ToSchema)]
 pub struct SessionInfo {
@@ -192,11 +203,7 @@ pub async fn login(
             now,
         )
         .await;
-    let secure = if state.tls { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-        SESSION_MS / 1000
-    );
+    let cookie = session_cookie(&id, SESSION_MS / 1000, state.tls);
     ([(header::SET_COOKIE, cookie)], Json(info(&session))).into_response()
 }
 
@@ -207,29 +214,19 @@ pub async fn login(
 pub async fn current(
     State(state): State<Arc<AppState>>,
     axum::Extension(identity): axum::Extension<Identity>,
-    headers: HeaderMap,
+    axum::Extension(Csrf(csrf)): axum::Extension<Csrf>,
 ) -> Response {
     let users_exist = match state.store.has_users().await {
         Ok(exist) => exist,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let session = match cookie(&headers) {
-        Some(id) => match state.store.session(&id, now_ms()).await {
-            Ok(session) => session,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
-        None => None,
-    };
-    match session {
-        Some(session) => Json(info(&session)).into_response(),
-        None => Json(SessionInfo {
-            user: identity.user,
-            role: identity.role,
-            csrf: None,
-            users_exist,
-        })
-        .into_response(),
-    }
+    Json(SessionInfo {
+        user: identity.user,
+        role: identity.role,
+        csrf,
+        users_exist,
+    })
+    .into_response()
 }
 
 /// Ends the cookie's session.
@@ -241,10 +238,7 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     }
     (
         StatusCode::NO_CONTENT,
-        [(
-            header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-        )],
+        [(header::SET_COOKIE, session_cookie("", 0, state.tls))],
     )
         .into_response()
 }

@@ -155,6 +155,19 @@ pub struct JobStep {
     pub detail: Option<String>,
 }
 
+impl From<&lifeboat_orchestration::StepRecord> for JobStep {
+    fn from(step: &lifeboat_orchestration::StepRecord) -> JobStep {
+        JobStep {
+            name: step.action.to_string(),
+            state: serde_json::to_value(step.state)
+                .ok()
+                .and_then(|state| state.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            detail: step.detail.clone(),
+        }
+    }
+}
+
 fn job(row: &sqlx::any::AnyRow) -> Result<Job, sqlx::Error> {
     let command: Option<String> = row.try_get(11)?;
     let progress: Option<String> = row.try_get(14)?;
@@ -201,10 +214,15 @@ pub(crate) fn failed(what: &str) -> impl Fn(sqlx::Error) -> ControlError + '_ {
     }
 }
 
+/// `bytes` random bytes, in hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).expect("the system has randomness");
+    hex::encode(buffer)
+}
+
 pub(crate) fn new_id() -> String {
-    let mut id = [0u8; 8];
-    getrandom::fill(&mut id).expect("the system has randomness");
-    hex::encode(id)
+    random_hex(8)
 }
 
 impl Store {

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::store::{Store, failed, new_id};
+use crate::store::{Store, failed, new_id, random_hex};
 use crate::{ControlError, Result};
 
 #[derive(
@@ -42,6 +42,15 @@ impl Role {
             Role::Admin => "admin",
         }
     }
+
+    /// "a reader", "an operator", "an admin".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Role::Reader => "a reader",
+            Role::Operator => "an operator",
+            Role::Admin => "an admin",
+        }
+    }
 }
 
 /// Who made a request.
@@ -61,12 +70,6 @@ pub const SESSION_MS: i64 = 12 * 3600 * 1000;
 pub struct Session {
     pub identity: Identity,
     pub csrf: String,
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer).expect("the system has randomness");
-    hex::encode(buffer)
 }
 
 /// Equal, in a time that does not depend on where they differ.
@@ -107,18 +110,15 @@ impl Store {
         .await
         .map_err(failed("add a user"))?;
         let id = new_id();
-        let mut secret = [0u8; 24];
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut secret).expect("the system has randomness");
-        getrandom::fill(&mut salt).expect("the system has randomness");
-        let secret = hex::encode(secret);
+        let secret = random_hex(24);
+        let (salt, hashed) = salted_hash(&secret).await?;
         sqlx::query(
             "INSERT INTO tokens (id, name, salt, hash, created_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&id)
         .bind(name)
-        .bind(hex::encode(salt))
-        .bind(hex::encode(hash(secret.as_bytes(), &salt)))
+        .bind(salt)
+        .bind(hashed)
         .bind(now_ms)
         .execute(self.pool())
         .await
@@ -203,16 +203,11 @@ impl Store {
                 "a password needs at least 8 characters".to_string(),
             ));
         }
-        let salt = random_hex(16);
-        let salt_bytes = hex::decode(&salt).expect("hex");
-        let secret = password.to_string();
-        let hashed = tokio::task::spawn_blocking(move || hash(secret.as_bytes(), &salt_bytes))
-            .await
-            .map_err(|e| ControlError::Invalid(format!("cannot hash the password: {e}")))?;
+        let (salt, hashed) = salted_hash(password).await?;
         let updated =
             sqlx::query("UPDATE users SET password_salt = $1, password_hash = $2 WHERE name = $3")
-                .bind(&salt)
-                .bind(hex::encode(hashed))
+                .bind(salt)
+                .bind(hashed)
                 .bind(name)
                 .execute(self.pool())
                 .await
@@ -364,6 +359,18 @@ impl Store {
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(failed("read the audit log"))
     }
+}
+
+/// A new random salt and the Argon2id hash of `secret` with it, both in hex (off the async
+/// threads).
+async fn salted_hash(secret: &str) -> Result<(String, String)> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the system has randomness");
+    let secret = secret.to_string();
+    let hashed = tokio::task::spawn_blocking(move || hash(secret.as_bytes(), &salt))
+        .await
+        .map_err(|e| ControlError::Invalid(format!("cannot hash a secret: {e}")))?;
+    Ok((hex::encode(salt), hex::encode(hashed)))
 }
 
 /// Whether `secret` hashes, with the hex `salt`, to the hex `expected` (Argon2id, off the

@@ -166,19 +166,18 @@ fn execute(
     new: bool,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
+    let (operation, region) = (run.operation, run.region.clone());
     let (outcome, report) = execute_run(global, config, plan, run, new)?;
     if global.json {
         print_json(&report)?;
     }
-    let (operation, region) = (report["operation"].as_str(), report["region"].as_str());
     match outcome {
         Ok(Outcome::Succeeded) => {
             if !global.json {
                 println!(
-                    "{} of plan '{}' to '{}' done in {:.1} s",
-                    operation.unwrap_or_default(),
+                    "{} of plan '{}' to '{region}' done in {:.1} s",
+                    operation.as_str(),
                     plan.name,
-                    region.unwrap_or_default(),
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -277,13 +276,7 @@ pub fn drill(global: &GlobalOptions, arguments: &crate::cli::DrillArguments) -> 
     } else {
         std::thread::sleep(std::time::Duration::from_secs(arguments.keep));
     }
-    let placements = Placements::load(&config.state_directory)?;
-    let started_any = plan
-        .groups
-        .iter()
-        .flatten()
-        .any(|vm| placements.tests.contains_key(vm));
-    let (cleanup_error, cleanup) = if started_any {
+    let (cleanup_error, cleanup) = if test_region(&config, &plan)?.is_some() {
         let run = new_run(
             &plan,
             Operation::Cleanup,
@@ -374,17 +367,22 @@ fn report(config: &Config, plan: &Plan, run: &RunRecord, seconds: f64) -> anyhow
     }))
 }
 
-/// `lifeboat cleanup`: removes the test copies of a plan.
-pub fn cleanup(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::Result<u8> {
-    let config = required_config(global)?;
-    let plan = plan_of(&config, &arguments.target)?;
+/// The region where test copies of `plan`'s VMs run, if any do.
+fn test_region(config: &Config, plan: &Plan) -> anyhow::Result<Option<String>> {
     let placements = Placements::load(&config.state_directory)?;
-    let region = plan
+    Ok(plan
         .groups
         .iter()
         .flatten()
         .find_map(|vm| placements.tests.get(vm))
-        .map(|p| p.region.clone())
+        .map(|p| p.region.clone()))
+}
+
+/// `lifeboat cleanup`: removes the test copies of a plan.
+pub fn cleanup(global: &GlobalOptions, arguments: &TargetArguments) -> anyhow::Result<u8> {
+    let config = required_config(global)?;
+    let plan = plan_of(&config, &arguments.target)?;
+    let region = test_region(&config, &plan)?
         .with_context(|| format!("plan '{}' has no test copies to clean up", plan.name))?;
     let run = new_run(&plan, Operation::Cleanup, &region, &RunOptions::default());
     execute(global, &config, &plan, run, true)

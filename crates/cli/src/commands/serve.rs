@@ -3,7 +3,7 @@
 
 use crate::cli::{GlobalOptions, ServeArguments, UserAddArguments};
 use crate::output::{print_json, print_json_line};
-use crate::repository::required_config;
+use crate::repository::{read_password_file, required_config};
 
 pub fn run(global: &GlobalOptions, arguments: &ServeArguments) -> anyhow::Result<u8> {
     let config = required_config(global)?;
@@ -54,12 +54,8 @@ pub fn add_user(global: &GlobalOptions, arguments: &UserAddArguments) -> anyhow:
     let now = chrono::Utc::now().timestamp_millis();
     let password = match &arguments.login_password_file {
         Some(file) => Some(
-            std::fs::read_to_string(file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            String::from_utf8(read_password_file(file)?)
+                .map_err(|_| anyhow::anyhow!("the password in {} is not UTF-8", file.display()))?,
         ),
         None => None,
     };

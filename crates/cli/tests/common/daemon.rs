@@ -32,17 +32,12 @@ pub fn serve_node(harness: &Harness, config: &Path) -> (Killed, String, String) 
 
 /// `lifeboat user add NAME --role ROLE [EXTRA…]`: its token.
 pub fn user(harness: &Harness, config: &Path, name: &str, role: &str, extra: &[&str]) -> String {
-    let output = harness
-        .configured(config)
-        .args(["--json", "user", "add", name, "--role", role])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = super::succeeds(
+        harness
+            .configured(config)
+            .args(["--json", "user", "add", name, "--role", role])
+            .args(extra),
     );
-    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let created: Value = serde_json::from_slice(&stdout).unwrap();
     created["token"].as_str().unwrap().to_string()
 }

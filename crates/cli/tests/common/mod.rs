@@ -155,6 +155,17 @@ impl Harness {
 }
 
 /// Copies a file keeping holes.
+/// Runs `command`, which must succeed; its standard output.
+pub fn succeeds(command: &mut Command) -> Vec<u8> {
+    let output = command.output().expect("run the command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 pub fn copy_sparse(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .arg("--sparse=always")
