@@ -688,6 +688,23 @@ pub fn spawn_tcp(
     Ok(address)
 }
 
+/// Listens on the Unix socket `path`, replacing a stale one. The socket is bound under a
+/// temporary name and renamed into place once it listens, so a client that sees `path`
+/// can connect (a plain bind makes the file before `listen`, and a client quick enough is
+/// refused).
+pub fn listen_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)?;
+    if let Err(error) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    Ok(listener)
+}
+
 /// Serves `server` on a Unix socket listener in a background thread.
 pub fn spawn_unix(server: Arc<Server>, listener: UnixListener) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -704,4 +721,25 @@ pub fn spawn_unix(server: Arc<Server>, listener: UnixListener) -> std::io::Resul
 pub fn serve_stream(server: &Server, stream: UnixStream) -> Result<(), ServerError> {
     let reader = stream.try_clone()?;
     server.handle(reader, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unix_socket_replaces_a_stale_file_and_accepts_once_it_is_there() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("exports.sock");
+        std::fs::write(&path, b"stale").unwrap();
+        let listener = listen_unix(&path).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop((client, accepted));
+        let names: Vec<_> = std::fs::read_dir(directory.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["exports.sock"], "no temporary name is left");
+    }
 }

@@ -1,7 +1,6 @@
 //! `lifeboat export`: serve a point over NBD until interrupted.
 
 use std::net::TcpListener;
-use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -24,9 +23,8 @@ pub fn run(global: &GlobalOptions, arguments: &ExportArguments) -> anyhow::Resul
     let server = Arc::new(point_server(Arc::clone(&repository), &manifest)?);
     let names = server.export_names();
     if let Some(path) = arguments.listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("cannot listen on {path}"))?;
+        let listener = lifeboat_nbd::server::listen_unix(std::path::Path::new(path))
+            .with_context(|| format!("cannot listen on {path}"))?;
         announce(global, &manifest.point, &names, |name| {
             format!("nbd+unix:///{name}?socket={path}")
         })?;

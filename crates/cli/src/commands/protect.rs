@@ -1,7 +1,6 @@
 //! `lifeboat protect`: serve a consistency group's disks over NBD and ship every write.
 
 use std::net::TcpListener;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -279,8 +278,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         );
     }
     if let Some(path) = &arguments.socket {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)
+        let listener = lifeboat_nbd::server::listen_unix(path)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
         lifeboat_nbd::server::spawn_unix(Arc::clone(&server), listener)?;
         eprintln!(

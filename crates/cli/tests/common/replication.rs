@@ -132,7 +132,8 @@ impl Protect {
     }
 
     pub fn client(&self, export: &str) -> Client {
-        Client::connect_unix(&self.socket, export, &[]).unwrap()
+        Client::connect_unix(&self.socket, export, &[])
+            .unwrap_or_else(|e| panic!("cannot connect to protect: {e}\n{}", self.log()))
     }
 }
 
