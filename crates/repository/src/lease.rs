@@ -17,8 +17,8 @@
 //! Prune reads every live lease to decide when the second phase of a deletion is safe
 //! (see `garbage.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,8 +98,9 @@ pub struct Lease {
     name: String,
     record: LeaseRecord,
     storage: Arc<dyn Storage>,
-    stop: Arc<AtomicBool>,
-    refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped to stop the refresher at once (it waits on the other end).
+    stop: Option<SyncSender<()>>,
+    refresher: Option<JoinHandle<()>>,
 }
 
 impl Lease {
@@ -114,7 +115,7 @@ impl Lease {
         let bytes = serde_json::to_vec(&record).expect("leases serialize");
         for _attempt in 0..3 {
             match storage.create(ObjectKind::Lock, name, &bytes) {
-                Ok(()) => return Ok(Lease::start(storage, name, record)),
+                Ok(()) => return Ok(Lease::start(storage, name, record, REFRESH_INTERVAL)),
                 Err(error) if error.is_already_exists() => {}
                 Err(error) => return Err(error.into()),
             }
@@ -145,24 +146,22 @@ impl Lease {
         })
     }
 
-    fn start(storage: Arc<dyn Storage>, name: &str, record: LeaseRecord) -> Lease {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
+    fn start(
+        storage: Arc<dyn Storage>,
+        name: &str,
+        record: LeaseRecord,
+        refresh_interval: Duration,
+    ) -> Lease {
+        let (stop, stopped) = sync_channel::<()>(0);
         let thread_storage = Arc::clone(&storage);
         let thread_name = name.to_string();
         let mut thread_record = record.clone();
         let refresher = std::thread::Builder::new()
             .name("lease-refresh".to_string())
             .spawn(move || {
-                let step = Duration::from_millis(200);
-                let mut waited = Duration::ZERO;
-                while !thread_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(step);
-                    waited += step;
-                    if waited < REFRESH_INTERVAL {
-                        continue;
-                    }
-                    waited = Duration::ZERO;
+                // Wakes every interval to refresh, and at once when the lease is dropped
+                // (the sender goes away): releasing a lease costs no waiting.
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(refresh_interval) {
                     thread_record.refreshed_unix_ms = unix_ms(SystemTime::now());
                     let bytes = serde_json::to_vec(&thread_record).expect("leases serialize");
                     if let Err(error) =
@@ -177,8 +176,8 @@ impl Lease {
             name: name.to_string(),
             record,
             storage,
-            stop,
-            refresher: Mutex::new(refresher),
+            stop: Some(stop),
+            refresher,
         }
     }
 
@@ -195,8 +194,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.refresher.lock().ok().and_then(|mut h| h.take()) {
+        drop(self.stop.take());
+        if let Some(handle) = self.refresher.take() {
             let _ = handle.join();
         }
         if let Err(error) = self.storage.delete(ObjectKind::Lock, &self.name) {
@@ -271,6 +270,39 @@ mod tests {
         );
         drop(first);
         Lease::acquire(storage, "backup-x", "backup", "VM x").unwrap();
+    }
+
+    #[test]
+    fn a_held_lease_is_refreshed_and_its_refresher_stops_with_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalDirectory::new(directory.path()));
+        let mut record = LeaseRecord::for_this_process("backup");
+        record.refreshed_unix_ms -= 1000;
+        storage
+            .create(
+                ObjectKind::Lock,
+                "backup-y",
+                &serde_json::to_vec(&record).unwrap(),
+            )
+            .unwrap();
+        let lease = Lease::start(
+            Arc::clone(&storage),
+            "backup-y",
+            record.clone(),
+            Duration::from_millis(20),
+        );
+        let refreshed = (0..500).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            read_record(storage.as_ref(), "backup-y")
+                .unwrap()
+                .filter(|now| now.refreshed_unix_ms > record.refreshed_unix_ms)
+        });
+        assert!(refreshed.is_some(), "the lease was never refreshed");
+        drop(lease);
+        assert_eq!(read_record(storage.as_ref(), "backup-y").unwrap(), None);
+        // The refresher was joined on drop: nothing writes the lease back afterwards.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(read_record(storage.as_ref(), "backup-y").unwrap(), None);
     }
 
     #[test]
