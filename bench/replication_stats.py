@@ -148,7 +148,11 @@ def report(churn_path, overhead_path):
     print("RPO processed: age of the newest point the receiver has made (a failover to the")
     print("latest processed point, at once).")
     print()
-    runs = [line.rstrip("\n").split("\t") for line in open(overhead_path) if line.strip()]
+    try:
+        with open(overhead_path) as f:
+            runs = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    except FileNotFoundError:
+        return  # the overhead part was not run
     shapes = []
     for r in runs:
         if (r[1], r[2]) not in shapes:

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use lifeboat_directio::AlignedBuffer;
 use lifeboat_disk::{DiskError, FileState, Format, ImageInfo, Range, SourceDisk, bitmap, inspect};
 use lifeboat_repository::blob::{BlobEncoder, DEFAULT_COMPRESSION_LEVEL, MAXIMUM_GROUP_BYTES};
 use lifeboat_repository::lease::host_name;
@@ -441,7 +442,7 @@ fn backup_locked(
 struct ReadBlock {
     disk: usize,
     first_chunk: usize,
-    data: Vec<u8>,
+    data: AlignedBuffer,
     length: usize,
 }
 
@@ -520,10 +521,11 @@ fn run_pipeline(
         .unwrap_or(0)
         .max(READ_BLOCK_BYTES);
     let block_buffers = threads + 2;
-    let (buffer_return, buffer_pool) = bounded::<Vec<u8>>(block_buffers);
+    // Aligned, so that raw images are read without a page-cache copy.
+    let (buffer_return, buffer_pool) = bounded::<AlignedBuffer>(block_buffers);
     for _ in 0..block_buffers {
         buffer_return
-            .send(vec![0u8; block_bytes])
+            .send(AlignedBuffer::new(block_bytes))
             .expect("the pool has room");
     }
     let (pack_return, pack_pool) = bounded::<Vec<u8>>(2);
@@ -583,7 +585,7 @@ fn run_pipeline(
 fn read_blocks(
     sources: &mut [SourceDisk],
     plans: &[DiskPlan],
-    buffers: Receiver<Vec<u8>>,
+    buffers: Receiver<AlignedBuffer>,
     blocks: Sender<ReadBlock>,
     abort: &AtomicBool,
 ) -> Result<u64> {
@@ -612,7 +614,7 @@ fn read_blocks(
             let Ok(mut data) = buffers.recv() else {
                 return Ok(bytes_read);
             };
-            if let Err(error) = source.read(offset, &mut data[..length]) {
+            if let Err(error) = source.read(offset, &mut data.bytes_mut()[..length]) {
                 abort.store(true, Ordering::SeqCst);
                 return Err(error.into());
             }
@@ -642,7 +644,7 @@ fn hash_and_seal(
     plans: &[DiskPlan],
     blocks: Receiver<ReadBlock>,
     results: Sender<BlockResult>,
-    buffers: Sender<Vec<u8>>,
+    buffers: Sender<AlignedBuffer>,
 ) {
     let mut encoder = BlobEncoder::new(level);
     for block in blocks {
@@ -656,7 +658,7 @@ fn hash_and_seal(
         let mut run_start = 0usize;
         let mut run_end = 0usize;
         let mut members: Vec<GroupMember> = Vec::new();
-        let data = &block.data[..block.length];
+        let data = &block.data.bytes()[..block.length];
         let mut at = 0usize;
         let mut chunk = block.first_chunk;
         while at <= data.len() {

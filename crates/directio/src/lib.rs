@@ -13,6 +13,8 @@
 //! - [`write_new_file`]: creates a file with the given bytes, fsynced.
 //! - [`read_range`]: reads a range of a file.
 //! - [`DirectWriter`]: positional writes into an existing file from any number of threads.
+//! - [`DirectReader`]: positional reads of a file read once (a disk image being backed up):
+//!   what the page cache holds comes from it, the rest is read directly.
 //! - [`AlignedBuffer`]: memory to write from without a staging copy.
 //!
 //! # What this crate must not know
@@ -268,6 +270,96 @@ impl DirectWriter {
     }
 }
 
+/// Positional reads of a file that is read once, front to back. A range of which the page
+/// cache holds nothing is read straight from the device when memory, offset and length are
+/// aligned, so a cold file costs no copy through freshly allocated page-cache pages; a
+/// range the page cache holds any of (a file just written) is copied from it. Every read
+/// goes through the page cache where the filesystem refuses direct I/O or the kernel
+/// cannot tell what it caches (before Linux 6.5).
+#[derive(Debug)]
+pub struct DirectReader {
+    direct: Option<File>,
+}
+
+impl DirectReader {
+    /// A second, direct descriptor of `file`, which is open at `path`; none (every read
+    /// through the page cache) when the filesystem refuses direct I/O or `path` no longer
+    /// names `file`.
+    pub fn open(path: &Path, file: &File) -> DirectReader {
+        use std::os::unix::fs::MetadataExt;
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()
+            .filter(|direct| match (direct.metadata(), file.metadata()) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            });
+        DirectReader { direct }
+    }
+
+    /// Reads exactly `buffer.len()` bytes at `offset` of `file` (the descriptor given to
+    /// [`DirectReader::open`]); `UnexpectedEof` when the file ends first.
+    pub fn read_exact_at(
+        &self,
+        file: &File,
+        buffer: &mut [u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        if let Some(direct) = &self.direct
+            && buffer.as_ptr().align_offset(ALIGNMENT) == 0
+            && is_aligned(offset, buffer.len())
+            && cached_pages(file, offset, buffer.len()) == Some(0)
+        {
+            match direct.read_exact_at(buffer, offset) {
+                // A file ending inside the range leaves an unaligned last read, which
+                // direct I/O refuses: the page cache reads the range and reports the end.
+                Err(error) if is_refused(&error) => {}
+                other => return other,
+            }
+        }
+        file.read_exact_at(buffer, offset)
+    }
+}
+
+/// How many pages of the range the page cache holds (`cachestat`, Linux 6.5); `None` when
+/// the kernel cannot tell.
+fn cached_pages(file: &File, offset: u64, length: usize) -> Option<u64> {
+    /// The system call's number, the same on every architecture.
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        offset: u64,
+        length: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cached: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let range = Range {
+        offset,
+        length: length as u64,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: a valid descriptor and two properly laid out structures that outlive the call.
+    let result = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd() as libc::c_uint,
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0 as libc::c_uint,
+        )
+    };
+    (result == 0).then_some(stat.cached)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +414,50 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn direct_reads_return_the_same_bytes_cached_or_not_aligned_or_not() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("image");
+        let data = pattern(4 * 1024 * 1024 + 1000);
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let reader = DirectReader::open(&path, &file);
+        let mut aligned = AlignedBuffer::new(2 * 1024 * 1024);
+        // Cached (just written), then evicted from the page cache so the device serves it.
+        for evict in [false, true] {
+            if evict {
+                file.sync_all().unwrap();
+                // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            }
+            for offset in [0usize, 1 << 20, 2 * 1024 * 1024] {
+                reader
+                    .read_exact_at(&file, aligned.bytes_mut(), offset as u64)
+                    .unwrap();
+                assert_eq!(
+                    aligned.bytes(),
+                    &data[offset..offset + (2 << 20)],
+                    "at {offset}"
+                );
+            }
+            if evict && cached_pages(&file, 0, 1 << 20).is_some() {
+                // Read directly: the page cache still holds none of it.
+                assert_eq!(cached_pages(&file, 0, 4 << 20), Some(0));
+            }
+            // Unaligned memory, offset and length.
+            let mut plain = vec![0u8; 5000];
+            reader.read_exact_at(&file, &mut plain[1..], 4097).unwrap();
+            assert_eq!(&plain[1..], &data[4097..4097 + 4999]);
+        }
+        // The file ends inside the last aligned range.
+        let tail = (data.len() / ALIGNMENT * ALIGNMENT) as u64;
+        let mut end = AlignedBuffer::new(ALIGNMENT);
+        let error = reader
+            .read_exact_at(&file, end.bytes_mut(), tail)
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::UnexpectedEof);
     }
 
     #[test]

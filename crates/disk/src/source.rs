@@ -4,9 +4,10 @@
 //! format is read through a private `qemu-nbd`, so qemu's own block layer decodes it.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 
+use lifeboat_directio::DirectReader;
 use lifeboat_nbd::Client;
 use lifeboat_nbd::protocol::{CONTEXT_BASE_ALLOCATION, STATE_DIRTY, STATE_ZERO};
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,8 @@ impl FileState {
 }
 
 enum Reader {
-    Raw(ReadLock),
+    /// A raw file, read through the page cache for what it holds and directly otherwise.
+    Raw(ReadLock, DirectReader),
     Nbd(Box<NbdReader>),
 }
 
@@ -99,7 +101,8 @@ impl SourceDisk {
                     path: info.path.clone(),
                     detail: e.to_string(),
                 })?;
-                Reader::Raw(ReadLock::acquire(file, &info.path)?)
+                let direct = DirectReader::open(&info.path, &file);
+                Reader::Raw(ReadLock::acquire(file, &info.path)?, direct)
             }
             _ => {
                 let options = ServeOptions {
@@ -141,18 +144,20 @@ impl SourceDisk {
     /// The raw file's identity now (raw images only).
     pub fn file_state(&self) -> Option<FileState> {
         match &self.reader {
-            Reader::Raw(lock) => FileState::of(lock.file()).ok(),
+            Reader::Raw(lock, _) => FileState::of(lock.file()).ok(),
             Reader::Nbd(_) => None,
         }
     }
 
-    /// Reads `buffer.len()` bytes at `offset`.
+    /// Reads `buffer.len()` bytes at `offset`. Raw images are read without a page-cache
+    /// copy when `buffer`, `offset` and the length are aligned to
+    /// [`lifeboat_directio::ALIGNMENT`] and the page cache does not hold the bytes.
     pub fn read(&mut self, offset: u64, buffer: &mut [u8]) -> Result<()> {
         let path = &self.info.path;
         match &mut self.reader {
-            Reader::Raw(lock) => {
-                lock.file()
-                    .read_exact_at(buffer, offset)
+            Reader::Raw(lock, direct) => {
+                direct
+                    .read_exact_at(lock.file(), buffer, offset)
                     .map_err(|e| DiskError::Io {
                         path: path.clone(),
                         operation: "read",
@@ -182,7 +187,7 @@ impl SourceDisk {
         let size = self.info.virtual_size_bytes;
         let path = self.info.path.clone();
         match &mut self.reader {
-            Reader::Raw(lock) => Ok(raw_data_ranges(lock.file(), size)),
+            Reader::Raw(lock, _) => Ok(raw_data_ranges(lock.file(), size)),
             Reader::Nbd(reader) => {
                 status_ranges(&mut reader.client, CONTEXT_BASE_ALLOCATION, size, |flags| {
                     flags & STATE_ZERO == 0
