@@ -272,25 +272,26 @@ mod tests {
         Lease::acquire(storage, "backup-x", "backup", "VM x").unwrap();
     }
 
+    /// Writes `record` as lease `name` and holds it, refreshed every `interval`.
+    fn hold(
+        storage: &Arc<dyn Storage>,
+        name: &str,
+        record: &LeaseRecord,
+        interval: Duration,
+    ) -> Lease {
+        storage
+            .create(ObjectKind::Lock, name, &serde_json::to_vec(record).unwrap())
+            .unwrap();
+        Lease::start(Arc::clone(storage), name, record.clone(), interval)
+    }
+
     #[test]
     fn a_held_lease_is_refreshed_and_its_refresher_stops_with_it() {
         let directory = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalDirectory::new(directory.path()));
         let mut record = LeaseRecord::for_this_process("backup");
         record.refreshed_unix_ms -= 1000;
-        storage
-            .create(
-                ObjectKind::Lock,
-                "backup-y",
-                &serde_json::to_vec(&record).unwrap(),
-            )
-            .unwrap();
-        let lease = Lease::start(
-            Arc::clone(&storage),
-            "backup-y",
-            record.clone(),
-            Duration::from_millis(20),
-        );
+        let lease = hold(&storage, "backup-y", &record, Duration::from_millis(20));
         let refreshed = (0..500).find_map(|_| {
             std::thread::sleep(Duration::from_millis(10));
             read_record(storage.as_ref(), "backup-y")
@@ -303,6 +304,17 @@ mod tests {
         // The refresher was joined on drop: nothing writes the lease back afterwards.
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(read_record(storage.as_ref(), "backup-y").unwrap(), None);
+
+        // Released at once, not after the refresher's next wake-up an hour away.
+        let record = LeaseRecord::for_this_process("backup");
+        let lease = hold(&storage, "backup-z", &record, Duration::from_secs(3600));
+        let released = std::time::Instant::now();
+        drop(lease);
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "releasing the lease waited for the refresher"
+        );
+        assert_eq!(read_record(storage.as_ref(), "backup-z").unwrap(), None);
     }
 
     #[test]
