@@ -1,10 +1,10 @@
 //! Direct file I/O: reads and writes that bypass the page cache (`O_DIRECT`).
 //!
 //! Lifeboat moves gigabytes that are read or written once: disk images read by a backup,
-//! packs written by a backup, packs read by a restore, restored disks. On virtual machines, copying those bytes
-//! through freshly allocated page-cache pages costs more CPU than compressing them, and a
-//! buffered write of a whole disk followed by an fsync runs at a third of the device's
-//! speed. Direct I/O needs memory, offsets and lengths aligned to [`ALIGNMENT`]; every
+//! packs written by a backup, packs read by a restore, restored disks. On virtual
+//! machines, copying those bytes through freshly allocated page-cache pages costs more CPU
+//! than compressing them, and a buffered write of a whole disk followed by an fsync runs at
+//! a third of the device's speed. Direct I/O needs memory, offsets and lengths aligned to [`ALIGNMENT`]; every
 //! function here takes care of it and falls back to the page cache where the filesystem
 //! refuses direct I/O (tmpfs, some network filesystems).
 //!
@@ -240,20 +240,26 @@ impl DirectWriter {
     }
 }
 
+/// Test bytes that never repeat at another 8-byte-aligned offset: each word holds its
+/// index, so a read from the wrong place cannot pass for the right one.
+#[cfg(test)]
+fn numbered(length: usize) -> Vec<u8> {
+    (0..length.div_ceil(8) as u64)
+        .flat_map(u64::to_le_bytes)
+        .take(length)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pattern(length: usize) -> Vec<u8> {
-        (0..length).map(|i| (i * 7 + i / 4096) as u8).collect()
-    }
 
     #[test]
     fn new_files_hold_exactly_their_bytes_aligned_or_not() {
         let directory = tempfile::tempdir().unwrap();
         for length in [0, 1, 4095, 4096, 4097, 3 * 1024 * 1024 + 17] {
             let path = directory.path().join(format!("f{length}"));
-            let data = pattern(length);
+            let data = numbered(length);
             write_new_file(&path, &data).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), data, "length {length}");
             assert_eq!(
@@ -267,7 +273,7 @@ mod tests {
     fn ranges_read_back_at_any_offset_and_end_early_past_the_end() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("f");
-        let data = pattern(3 * 1024 * 1024 + 100);
+        let data = numbered(3 * 1024 * 1024 + 100);
         std::fs::write(&path, &data).unwrap();
         for (offset, length) in [(0, 1 << 20), (1, 1 << 20), (4095, 2 << 20), (100, 5)] {
             let file = File::open(&path).unwrap();
@@ -307,8 +313,8 @@ mod tests {
             .unwrap();
         file.set_len(1 << 20).unwrap();
         let writer = DirectWriter::open(&path, file, 8192);
-        let block = pattern(64 * 1024);
-        let unaligned_memory = &pattern(8193)[1..];
+        let block = numbered(64 * 1024);
+        let unaligned_memory = &numbered(8193)[1..];
         assert!(!writer.write_at(&block, 0).unwrap() || writer.direct.is_none());
         writer.write_at(unaligned_memory, 128 * 1024).unwrap();
         assert!(writer.write_at(&block[..100], 300 * 1024 + 5).unwrap());

@@ -123,15 +123,7 @@ fn cached_pages(file: &File, offset: u64, length: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::AlignedBuffer;
-
-    /// Bytes that never repeat at another 8-byte-aligned offset: each word holds its index.
-    fn numbered(length: usize) -> Vec<u8> {
-        (0..length.div_ceil(8) as u64)
-            .flat_map(u64::to_le_bytes)
-            .take(length)
-            .collect()
-    }
+    use crate::{AlignedBuffer, numbered};
 
     /// Drops the file's clean pages from the page cache; false where that is not possible
     /// (tmpfs keeps them).

@@ -98,9 +98,9 @@ pub struct Lease {
     name: String,
     record: LeaseRecord,
     storage: Arc<dyn Storage>,
-    /// Dropped to stop the refresher at once (it waits on the other end).
-    stop: Option<SyncSender<()>>,
-    refresher: Option<JoinHandle<()>>,
+    /// The refresher thread and the sender it waits on: dropping the sender stops it at
+    /// once. `None` if the thread could not be started.
+    refresher: Option<(SyncSender<()>, JoinHandle<()>)>,
 }
 
 impl Lease {
@@ -176,8 +176,7 @@ impl Lease {
             name: name.to_string(),
             record,
             storage,
-            stop: Some(stop),
-            refresher,
+            refresher: refresher.map(|handle| (stop, handle)),
         }
     }
 
@@ -194,8 +193,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(handle) = self.refresher.take() {
+        if let Some((stop, handle)) = self.refresher.take() {
+            drop(stop);
             let _ = handle.join();
         }
         if let Err(error) = self.storage.delete(ObjectKind::Lock, &self.name) {

@@ -154,7 +154,6 @@ impl Harness {
     }
 }
 
-/// Copies a file keeping holes.
 /// Runs `command`, which must succeed; its standard output.
 pub fn succeeds(command: &mut Command) -> Vec<u8> {
     let output = command.output().expect("run the command");
@@ -166,6 +165,7 @@ pub fn succeeds(command: &mut Command) -> Vec<u8> {
     output.stdout
 }
 
+/// Copies a file keeping holes.
 pub fn copy_sparse(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .arg("--sparse=always")
