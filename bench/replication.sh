@@ -16,11 +16,14 @@
 # 2. Journal or cut. The same at 100 MiB/s with a hot-spot workload (zipf 1.2: a few
 #    blocks written again and again), shipping every write as journaled
 #    (--ship-every-write) or each cut's end state (the default): bytes shipped and RPO.
-# 3. Capture overhead. fio random writes (4 KiB at queue depth 1: latency; 64 KiB at
-#    queue depth 8: throughput) to the same preallocated raw image: directly (psync /
-#    io_uring, buffered), through qemu-nbd (an NBD export without capture), through
-#    `lifeboat protect` (capture, journal and shipping running), and through protect with
-#    shipping paused (capture alone). Medians of BENCH_RUNS.
+# 3. Capture overhead. Writes (4 KiB at queue depth 1: latency; 64 KiB at queue depth 8:
+#    throughput) to the same preallocated raw image: directly, through qemu-nbd (an NBD
+#    export without capture), through `lifeboat protect` (capture, journal and shipping
+#    running), and through protect with shipping paused (capture alone). Twice: fio random
+#    writes (psync / io_uring buffered directly, libnbd through the exports), and
+#    qemu-img bench sequential writes through qemu's block layer, what a VM's disk does
+#    (directly both with cache=writeback and with cache=none, aio=native). Medians of
+#    BENCH_RUNS.
 #
 # The recovery repository and the receiver share this machine (2 cores), so the RPO
 # figures include their CPU cost; in production the receiver runs in another region.
@@ -116,13 +119,57 @@ fio_run() {
         --output-format=json --output="$out" "$@" >/dev/null
 }
 
+# qemu_bench KIND BS DEPTH TARGET QEMU_IMG_ARGS: qemu-img bench writes (what a VM's block
+# layer does) to TARGET, one line of vm-overhead.tsv.
+qemu_bench() {
+    local kind=$1 bs=$2 depth=$3 target=$4
+    shift 4
+    local count=$((depth == 1 ? 100000 : 40000)) seconds
+    seconds=$(qemu-img bench -w -f raw -c "$count" -d "$depth" -s "$bs" "$@" "$target" |
+        sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+    [ -n "$seconds" ] || die "qemu-img bench on $target printed no time"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$kind" "$bs" "$depth" "$count" "$seconds" >>"$BENCH_DIR/vm-overhead.tsv"
+}
+
+# start_target KIND INTERVAL: serves the overhead image as KIND (qemu-nbd, or lifeboat
+# protect shipping every INTERVAL seconds); sets URI and SERVER.
+start_target() {
+    local kind=$1 interval=$2 dir=$BENCH_DIR/overhead
+    sync
+    if [ "$kind" = qemu-nbd ]; then
+        qemu-nbd -f raw -t --shared=8 -k "$dir/server.sock" --cache=writeback --aio=threads -x vm "$dir/vm.raw" &
+        SERVER=$!
+        URI="nbd+unix:///vm?socket=$dir/server.sock"
+    else
+        rm -f "$dir/vm.raw.lifeboat-dirty"
+        "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
+        "$LIFEBOAT" --repo "$dir/recovery" protect --group overhead --vm "vm=$dir/vm.raw" \
+            --socket "$dir/server.sock" --interval "$interval" >/dev/null 2>"$dir/protect.log" &
+        SERVER=$!
+        URI="nbd+unix:///vm/vm.raw?socket=$dir/server.sock"
+    fi
+    PIDS+=("$SERVER")
+    wait_for "$dir/server.sock" 30
+    # Let the initial sync of the preallocated (all zero) image go by.
+    [ "$kind" = qemu-nbd ] || sleep 2
+}
+
+stop_target() {
+    local dir=$BENCH_DIR/overhead
+    kill "$SERVER"
+    wait "$SERVER" 2>/dev/null || true
+    rm -rf "$dir/server.sock" "$dir/recovery"
+}
+
+# Capture overhead: the same writes directly to the image and through each export, with
+# fio (engines psync/io_uring and libnbd) and with qemu-img bench (qemu's block layer).
 overhead() {
     local dir=$BENCH_DIR/overhead
     rm -rf "$dir"
     mkdir -p "$dir"
     qemu-img create -q -f raw -o preallocation=falloc "$dir/vm.raw" 4G
-    "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
     : >"$BENCH_DIR/overhead.tsv"
+    : >"$BENCH_DIR/vm-overhead.tsv"
     for run in $(seq 1 "$BENCH_RUNS"); do
         for shape in "4k 1" "64k 8"; do
             set -- $shape
@@ -135,44 +182,25 @@ overhead() {
                 fio_run "$dir/direct.json" --filename="$dir/vm.raw" --ioengine=io_uring --bs="$bs" --iodepth="$depth"
             fi
             python3 "$ROOT/bench/replication_stats.py" fio direct "$bs" "$depth" "$dir/direct.json" >>"$BENCH_DIR/overhead.tsv"
-
             sync
-            qemu-nbd -f raw -t --shared=8 -k "$dir/qemu-nbd.sock" --cache=writeback --aio=threads -x vm "$dir/vm.raw" &
-            local server=$!
-            PIDS+=("$server")
-            wait_for "$dir/qemu-nbd.sock" 30
-            fio_run "$dir/qemu-nbd.json" --ioengine=nbd --uri="nbd+unix:///vm?socket=$dir/qemu-nbd.sock" \
-                --bs="$bs" --iodepth="$depth"
-            kill "$server"
-            wait "$server" 2>/dev/null || true
-            rm -f "$dir/qemu-nbd.sock"
-            python3 "$ROOT/bench/replication_stats.py" fio qemu-nbd "$bs" "$depth" "$dir/qemu-nbd.json" >>"$BENCH_DIR/overhead.tsv"
+            qemu_bench direct "$bs" "$depth" "$dir/vm.raw" -t writeback
+            sync
+            qemu_bench direct-cache-none "$bs" "$depth" "$dir/vm.raw" -t none -i native
 
-            # Capture with shipping running every second, then capture alone (the first
-            # cut ships the initial sync; the next is an hour away).
-            for mode in "lifeboat 1" "lifeboat-capture 3600"; do
+            # qemu-nbd (an export without capture); capture with shipping running every
+            # second; capture alone (the first cut ships the initial sync; the next is an
+            # hour away).
+            for mode in "qemu-nbd 0" "lifeboat 1" "lifeboat-capture 3600"; do
                 set -- $mode
-                local kind=$1 interval=$2
-                sync
-                rm -f "$dir/vm.raw.lifeboat-dirty"
-                "$LIFEBOAT" --repo "$dir/recovery" protect --group overhead --vm "vm=$dir/vm.raw" \
-                    --socket "$dir/lifeboat.sock" --interval "$interval" >/dev/null 2>"$dir/protect.log" &
-                local protect=$!
-                PIDS+=("$protect")
-                wait_for "$dir/lifeboat.sock" 30
-                # Let the initial sync of the preallocated (all zero) image go by.
-                sleep 2
-                fio_run "$dir/$kind.json" --ioengine=nbd --uri="nbd+unix:///vm/vm.raw?socket=$dir/lifeboat.sock" \
-                    --bs="$bs" --iodepth="$depth"
-                kill "$protect"
-                wait "$protect" 2>/dev/null || true
-                rm -rf "$dir/lifeboat.sock" "$dir/recovery"
-                "$LIFEBOAT" --repo "$dir/recovery" init >/dev/null 2>&1
+                local kind=$1
+                start_target "$kind" "$2"
+                fio_run "$dir/$kind.json" --ioengine=nbd --uri="$URI" --bs="$bs" --iodepth="$depth"
                 python3 "$ROOT/bench/replication_stats.py" fio "$kind" "$bs" "$depth" "$dir/$kind.json" >>"$BENCH_DIR/overhead.tsv"
+                qemu_bench "$kind" "$bs" "$depth" "$URI"
+                stop_target
             done
         done
     done
-    rm -rf "$dir/recovery"
 }
 
 [ -e "$BENCH_DIR/churn.tsv" ] && [[ " $PARTS " != *" churn "* ]] || : >"$BENCH_DIR/churn.tsv"
@@ -195,5 +223,5 @@ fi
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
         "lifeboat $("$LIFEBOAT" --version | awk '{print $2}'), $(fio --version), $(qemu-nbd --version | head -1)"
     echo
-    python3 "$ROOT/bench/replication_stats.py" report "$BENCH_DIR/churn.tsv" "$BENCH_DIR/overhead.tsv"
+    python3 "$ROOT/bench/replication_stats.py" report "$BENCH_DIR/churn.tsv" "$BENCH_DIR/overhead.tsv" "$BENCH_DIR/vm-overhead.tsv"
 } | tee "$RESULTS"

@@ -130,7 +130,47 @@ def fio_line(kind, bs, depth, path):
     print("\t".join(fields))
 
 
-def report(churn_path, overhead_path):
+def vm_report(path):
+    """The qemu-img bench table: kind, bs, depth, count, seconds per line."""
+    try:
+        with open(path) as f:
+            runs = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    except FileNotFoundError:
+        return
+    if not runs:
+        return
+    sizes = {"4k": 4096, "64k": 65536}
+    print("## Capture overhead as a VM sees it (qemu-img bench sequential writes, medians)")
+    print()
+    print("| writes | path | IOPS | MiB/s | mean latency µs | vs direct (writeback) "
+          "| vs direct (cache=none) | vs qemu-nbd |")
+    print("|---|---|---|---|---|---|---|---|")
+    shapes = []
+    for r in runs:
+        if (r[1], r[2]) not in shapes:
+            shapes.append((r[1], r[2]))
+    for bs, depth in shapes:
+        iops = {}
+        for kind in ["direct", "direct-cache-none", "qemu-nbd", "lifeboat", "lifeboat-capture"]:
+            chosen = [int(r[3]) / float(r[4]) for r in runs
+                      if r[0] == kind and r[1] == bs and r[2] == depth]
+            if chosen:
+                iops[kind] = statistics.median(chosen)
+        for kind, value in iops.items():
+            ratios = []
+            for base in ["direct", "direct-cache-none", "qemu-nbd"]:
+                ratios.append(f"{value / iops[base]:.2f}×" if base in iops else "-")
+            mib = value * sizes.get(bs, 0) / 2**20
+            latency = int(depth) / value * 1e6
+            print(f"| {bs} QD{depth} | {kind} | {value:.0f} | {mib:.1f} | {latency:.1f} "
+                  f"| {' | '.join(ratios)} |")
+    print()
+    print("Ratios are throughput: above 1 the path is faster than the base. Mean latency is")
+    print("queue depth divided by IOPS.")
+    print()
+
+
+def report(churn_path, overhead_path, vm_overhead_path=None):
     rows = [line.rstrip("\n").split("\t") for line in open(churn_path) if line.strip()]
     print("## RPO under sustained churn (one VM, random 64 KiB writes, cuts every 1 s)")
     print()
@@ -177,6 +217,8 @@ def report(churn_path, overhead_path):
             print(f"| {bs} QD{depth} | {kind} | {iops:.0f} | {bw:.1f} | {p50:.1f} | {p99:.1f} "
                   f"| {versus_direct} | {versus_nbd} |")
     print()
+    if vm_overhead_path:
+        vm_report(vm_overhead_path)
 
 
 def main():
@@ -188,7 +230,7 @@ def main():
     elif command == "fio":
         fio_line(*sys.argv[2:6])
     elif command == "report":
-        report(sys.argv[2], sys.argv[3])
+        report(*sys.argv[2:5])
     else:
         sys.exit(f"unknown command {command}")
 

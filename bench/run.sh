@@ -22,7 +22,7 @@
 #   BENCH_SEED     seed of the random writes (default 4242)
 #
 # Tool settings, all encrypted:
-#   lifeboat  default repository: AES-256-GCM, 64 KiB chunks compressed in groups of up to 2 MiB, zstd level 2
+#   lifeboat  default repository: AES-256-GCM, 64 KiB chunks compressed in groups of up to 2 MiB, zstd level 3
 #   restic    repository version 2, --compression auto (zstd)
 #   borg      repokey encryption, --compression lz4 (borg's default compression)
 set -euo pipefail
@@ -397,7 +397,7 @@ report() {
     echo "- Work directory filesystem: $(df -T "$BENCH_DIR" | awk 'NR == 2 { print $2 }')"
     echo "- Versions: $("$LIFEBOAT" --version), $(restic version | cut -d' ' -f1-2), $(borg --version)"
     echo "- Settings: all repositories encrypted. Lifeboat defaults (AES-256-GCM, 64 KiB chunks," \
-        "compressed in groups of up to 2 MiB, zstd level 2); restic repository version 2 with --compression auto; borg repokey with" \
+        "compressed in groups of up to 2 MiB, zstd level 3); restic repository version 2 with --compression auto; borg repokey with" \
         "--compression lz4 (borg's default). Caches of restic and borg start empty in every run."
     echo "- Page cache dropped before every measured step: $CACHE_DROPS. Every measured step ends" \
         "with sync. Incremental: 1 % of the image's 4 KiB blocks overwritten in place with random" \

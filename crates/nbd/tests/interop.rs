@@ -56,9 +56,9 @@ impl Export for MemoryExport {
         self.writable
     }
 
-    fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), ExportError> {
+    fn write(&self, offset: u64, data: Arc<[u8]>, _fua: bool) -> Result<(), ExportError> {
         let mut stored = self.data.lock().unwrap();
-        stored[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        stored[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
         Ok(())
     }
 }

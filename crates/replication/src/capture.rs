@@ -132,15 +132,15 @@ impl Export for CapturedDisk {
         true
     }
 
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
+    fn write(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> Result<(), ExportError> {
         self.tracked(offset, data.len() as u64, || {
             self.image
-                .write_at(offset, data)
+                .write_at(offset, &data)
                 .map_err(|e| export_error(self.image.path(), "write", offset, e))?;
             if fua {
                 self.sync(offset)?;
             }
-            Ok(Payload::Data(data.into()))
+            Ok(Payload::Data(data))
         })
     }
 

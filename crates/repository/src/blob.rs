@@ -11,7 +11,7 @@
 //!
 //! Deduplication stays at chunk granularity (every chunk has its own id and its own index
 //! entry, pointing into its group), while compression sees up to 2 MiB at a time: on a real
-//! ext4 image zstd level 2 reaches a ratio of 7.4 on 2 MiB against 5.0 on 64 KiB, and runs
+//! ext4 image zstd level 2 reached a ratio of 7.4 on 2 MiB against 5.0 on 64 KiB, and runs
 //! faster. A chunk written on its own (an incremental's scattered change) is a group of one.
 //!
 //! Compression is skipped when it would save less than 1/16: incompressible data then
@@ -35,10 +35,15 @@ const CONTEXT: &[u8] = b"lifeboat-blob";
 /// Largest group of chunks compressed as one blob.
 pub const MAXIMUM_GROUP_BYTES: usize = 2 * 1024 * 1024;
 
-/// Default zstd level. On groups of a real filesystem, level 2 compresses 7 % better than
-/// level 1 for 5 % more time; level 3 gains little more for another 17 %. Compression is
-/// most of the write-path cost.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 2;
+/// Default zstd level: 3, zstd's own default, with its match tables made smaller (below).
+/// Measured on the groups of a real ext4 image against level 2 (window spanning the group
+/// in both): 2.4 % smaller for 14 % more compression time, where level 3 with its own
+/// tables is 4.3 % smaller for 34 % more. Compression is most of the write-path cost.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+/// At level 3, log2 of the hash and chain tables' entries: 64 Ki and 16 Ki instead of
+/// zstd's 128 Ki and 64 Ki. The smaller tables stay in a core's cache.
+const LEVEL_3_TABLE_LOGS: (u32, u32) = (16, 14);
 
 /// Why a blob or a chunk in it did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,12 +68,29 @@ pub struct BlobEncoder {
 }
 
 impl BlobEncoder {
-    /// An encoder compressing at `level`.
+    /// An encoder compressing at `level`, its window spanning a whole group.
+    ///
+    /// zstd's low levels keep a 1 MiB window; over a 2 MiB group the second half could then
+    /// not refer to the first. A 2 MiB window stores a real filesystem 1.3 % smaller at
+    /// the same speed, and no level needs more: matches never cross a group.
     pub fn new(level: i32) -> BlobEncoder {
-        BlobEncoder {
-            compressor: zstd::bulk::Compressor::new(level)
-                .expect("zstd accepts levels from -7 to 22"),
+        use zstd::stream::raw::CParameter;
+        let mut compressor =
+            zstd::bulk::Compressor::new(level).expect("zstd accepts levels from -7 to 22");
+        let mut parameters = vec![CParameter::WindowLog(MAXIMUM_GROUP_BYTES.trailing_zeros())];
+        if level == 3 {
+            let (hash_log, chain_log) = LEVEL_3_TABLE_LOGS;
+            parameters.extend([
+                CParameter::HashLog(hash_log),
+                CParameter::ChainLog(chain_log),
+            ]);
         }
+        for parameter in parameters {
+            compressor
+                .set_parameter(parameter)
+                .expect("zstd accepts these parameters at every level");
+        }
+        BlobEncoder { compressor }
     }
 
     /// True when samples of `group` do not compress: the whole would not either.
@@ -250,6 +272,31 @@ mod tests {
             crate::crypto::fill_random(&mut random);
             let sealed = BlobEncoder::new(1).encode(&crypto, &random);
             assert_eq!(sealed.len(), random.len() + 1 + crypto.overhead_bytes());
+        }
+    }
+
+    #[test]
+    fn matches_reach_across_a_whole_group_at_every_level() {
+        // A, B, A with A repeated 1.5 MiB after itself: a 1 MiB window (zstd's own at low
+        // levels) could not refer back to it, and the group would be stored as it is.
+        let crypto = Crypto::encrypted(&MasterKeys::generate());
+        let mut first = vec![0u8; 512 * 1024];
+        let mut middle = vec![0u8; 1024 * 1024];
+        crate::crypto::fill_random(&mut first);
+        crate::crypto::fill_random(&mut middle);
+        let group = [first.as_slice(), &middle, &first].concat();
+        assert_eq!(group.len(), MAXIMUM_GROUP_BYTES);
+        for level in [1, 2, DEFAULT_COMPRESSION_LEVEL, 9] {
+            let sealed = BlobEncoder::new(level).encode(&crypto, &group);
+            assert!(
+                sealed.len() < group.len() * 4 / 5,
+                "level {level}: {} bytes sealed",
+                sealed.len()
+            );
+            let opened = BlobDecoder::new()
+                .decode(&crypto, sealed, group.len() as u32)
+                .unwrap();
+            assert!(opened == group, "level {level} round trip");
         }
     }
 
