@@ -771,7 +771,7 @@ pub fn spawn_unix(server: Arc<Server>, listener: UnixListener) -> std::io::Resul
 
 /// Serves one already-connected stream pair (used by tests and socket activation).
 pub fn serve_stream(server: &Server, stream: UnixStream) -> Result<(), ServerError> {
-    let reader = stream.try_clone()?;
+    let reader = Polling(stream.try_clone()?);
     server.handle(reader, stream)
 }
 
