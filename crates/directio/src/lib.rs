@@ -1,12 +1,12 @@
 //! Direct file I/O: reads and writes that bypass the page cache (`O_DIRECT`).
 //!
-//! Lifeboat moves gigabytes that are read or written once: disk images read by a backup,
-//! packs written by a backup, packs read by a restore, restored disks. On virtual
-//! machines, copying those bytes through freshly allocated page-cache pages costs more CPU
-//! than compressing them, and a buffered write of a whole disk followed by an fsync runs at
-//! a third of the device's speed. Direct I/O needs memory, offsets and lengths aligned to [`ALIGNMENT`]; every
-//! function here takes care of it and falls back to the page cache where the filesystem
-//! refuses direct I/O (tmpfs, some network filesystems).
+//! Lifeboat moves gigabytes that are read or written once: disk images read by a backup, packs
+//! written by a backup, packs read by a restore, restored disks. On virtual machines, copying
+//! those bytes through freshly allocated page-cache pages costs more CPU than compressing them,
+//! and a buffered write of a whole disk followed by an fsync runs at a third of the device's
+//! speed. Direct I/O needs memory, offsets and lengths aligned to [`ALIGNMENT`]; every function
+//! here takes care of it and falls back to the page cache where the filesystem refuses direct
+//! I/O (tmpfs, some network filesystems).
 //!
 //! # Entry points
 //!
