@@ -456,3 +456,30 @@ fn output_without_a_terminal_has_no_progress_bar() {
         "{stdout}"
     );
 }
+
+#[test]
+fn output_on_a_terminal_shows_a_progress_bar_with_throughput_and_eta() {
+    let harness = Harness::new();
+    let image = harness.copy_image("fs.raw");
+    // `script` runs the backup on a pseudo-terminal and copies what it draws to stdout.
+    let backup = format!(
+        "'{}' backup --vm vm '{}'",
+        env!("CARGO_BIN_EXE_lifeboat"),
+        image.display()
+    );
+    let output = Command::new("script")
+        .args(["--quiet", "--return", "--command", &backup, "/dev/null"])
+        .env("LIFEBOAT_REPO", &harness.repository)
+        .env("LIFEBOAT_PASSWORD", &harness.password)
+        .env("TERM", "xterm")
+        .env_remove("LIFEBOAT_PROGRESS")
+        .output()
+        .expect("run script (util-linux)");
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{terminal}");
+    assert!(
+        terminal.contains("ETA") && terminal.contains("iB/s") && terminal.contains("=>"),
+        "a bar with throughput and ETA: {terminal}"
+    );
+    assert!(terminal.contains("point "), "{terminal}");
+}
