@@ -8,14 +8,18 @@
 //! * `client.rs` — [`Client`]: negotiation with `NBD_OPT_GO`, structured replies, meta
 //!   contexts (`base:allocation`, `qemu:dirty-bitmap:*`), read, write, flush, block status.
 //! * `server.rs` — [`Server`] and the [`Export`] trait it serves.
+//! * `buffer.rs` — [`Buffer`], a write's payload, and the [`BufferPool`] that recycles
+//!   payload memory.
 //!
 //! # What this crate must not know
 //!
 //! Repositories, disk image formats, QEMU processes. It moves blocks and block status.
 
+pub mod buffer;
 pub mod client;
 pub mod protocol;
 pub mod server;
 
+pub use buffer::{Buffer, BufferPool};
 pub use client::{Client, Extent, NbdError};
 pub use server::{Export, ExportError, Server, ServerError};

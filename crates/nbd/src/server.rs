@@ -15,6 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::buffer::{Buffer, BufferPool};
 use crate::protocol::*;
 
 /// An error to send back to the client: an errno and a message for logs.
@@ -56,7 +57,7 @@ pub trait Export: Send + Sync {
 
     /// Writes `data` at `offset`; with `fua`, durable before returning. The bytes are the
     /// export's to keep (a journal holds them without a copy).
-    fn write(&self, _offset: u64, _data: Arc<[u8]>, _fua: bool) -> Result<(), ExportError> {
+    fn write(&self, _offset: u64, _data: Buffer, _fua: bool) -> Result<(), ExportError> {
         Err(ExportError {
             errno: EPERM,
             message: "the export is read-only".to_string(),
@@ -92,6 +93,8 @@ pub struct Server {
     /// Connections being served, bounded by `maximum_connections`.
     connections: AtomicUsize,
     maximum_connections: usize,
+    /// Memory for write payloads.
+    payloads: Arc<BufferPool>,
 }
 
 impl std::fmt::Debug for Server {
@@ -117,6 +120,16 @@ struct Session {
 
 const BASE_ALLOCATION_CONTEXT_ID: u32 = 1;
 
+const REQUEST_HEADER_BYTES: usize = 28;
+
+/// The read buffer: a request header and a small write in one read, while most of a large
+/// write's payload is read past it, straight into its own memory (a larger buffer would
+/// take the payloads of the requests queued behind and copy them twice).
+const INPUT_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Payload memory kept for reuse unless [`Server::keep_payload_memory`] says otherwise.
+const DEFAULT_KEPT_PAYLOAD_BYTES: usize = 64 << 20;
+
 impl Server {
     /// A server with no exports, accepting up to 64 connections at once.
     pub fn new() -> Server {
@@ -124,7 +137,14 @@ impl Server {
             exports: BTreeMap::new(),
             connections: AtomicUsize::new(0),
             maximum_connections: 64,
+            payloads: BufferPool::new(DEFAULT_KEPT_PAYLOAD_BYTES),
         }
+    }
+
+    /// Keeps up to `bytes` of the memory of dropped write payloads for the next writes
+    /// (an export that holds payloads, like a journal, can use as much as it may hold).
+    pub fn keep_payload_memory(&mut self, bytes: usize) {
+        self.payloads = BufferPool::new(bytes);
     }
 
     /// Adds an export under `name`.
@@ -193,7 +213,7 @@ impl Server {
 
     /// Serves one connection until the client disconnects.
     pub fn handle<R: Read, W: Write>(&self, reader: R, writer: W) -> Result<(), ServerError> {
-        let mut input = BufReader::with_capacity(256 * 1024, reader);
+        let mut input = BufReader::with_capacity(INPUT_BUFFER_BYTES, reader);
         let mut output = BufWriter::with_capacity(256 * 1024, writer);
         output.write_all(&INIT_MAGIC.to_be_bytes())?;
         output.write_all(&OPTION_MAGIC.to_be_bytes())?;
@@ -213,7 +233,13 @@ impl Server {
         let Some(export) = self.negotiate(&mut input, &mut output, &mut session)? else {
             return Ok(());
         };
-        transmit(export.as_ref(), &mut input, &mut output, &session)
+        transmit(
+            export.as_ref(),
+            &mut input,
+            &mut output,
+            &session,
+            &self.payloads,
+        )
     }
 
     /// Runs the option haggling phase; returns the chosen export, or `None` on abort.
@@ -429,8 +455,9 @@ fn transmit<R: Read, W: Write>(
     input: &mut BufReader<R>,
     output: &mut W,
     session: &Session,
+    payloads: &Arc<BufferPool>,
 ) -> Result<(), ServerError> {
-    let mut header = [0u8; 28];
+    let mut header = [0u8; REQUEST_HEADER_BYTES];
     let mut buffer = Vec::new();
     loop {
         match input.read_exact(&mut header) {
@@ -485,7 +512,7 @@ fn transmit<R: Read, W: Write>(
                 if length > MAXIMUM_REQUEST_BYTES {
                     return Err(ServerError::Protocol(format!("write of {length} bytes")));
                 }
-                let data = read_payload(input, length as usize)?;
+                let data = read_payload(input, payloads.take(length as usize))?;
                 let result = if !export.is_writable() {
                     Err(read_only())
                 } else if !in_bounds {
@@ -584,14 +611,12 @@ impl<S: Read + std::os::fd::AsRawFd> Read for Polling<S> {
     }
 }
 
-/// Reads a write's payload into memory of its own, which the export may keep: what is
-/// already buffered is copied once and the rest read straight from the socket, not through
-/// the buffer (that would copy every byte twice).
-fn read_payload<R: Read>(input: &mut BufReader<R>, length: usize) -> std::io::Result<Arc<[u8]>> {
-    // One allocation, zero-filled in place (collecting a `TrustedLen` iterator).
-    let mut data: Arc<[u8]> = std::iter::repeat_n(0, length).collect();
-    let into = Arc::get_mut(&mut data).expect("not shared yet");
-    let buffered = input.buffer().len().min(length);
+/// Reads a write's payload into `data`, memory the export may keep: what is already
+/// buffered is copied once and the rest read straight from the socket, not through the
+/// buffer (that would copy every byte twice).
+fn read_payload<R: Read>(input: &mut BufReader<R>, mut data: Buffer) -> std::io::Result<Buffer> {
+    let into = data.get_mut().expect("a buffer just taken is not shared");
+    let buffered = input.buffer().len().min(into.len());
     into[..buffered].copy_from_slice(&input.buffer()[..buffered]);
     input.consume(buffered);
     input.get_mut().read_exact(&mut into[buffered..])?;
@@ -807,7 +832,8 @@ mod tests {
             6,
             "six bytes of the payload are buffered"
         );
-        let payload = read_payload(&mut input, 100).unwrap();
+        let pool = BufferPool::new(1 << 20);
+        let payload = read_payload(&mut input, pool.take(100)).unwrap();
         assert_eq!(&payload[..], &stream[10..110]);
         let mut next = [0u8; 4];
         input.read_exact(&mut next).unwrap();
@@ -816,7 +842,7 @@ mod tests {
             stream[110..114],
             "the next request follows the payload"
         );
-        let short = read_payload(&mut input, 1000).unwrap_err();
+        let short = read_payload(&mut input, pool.take(1000)).unwrap_err();
         assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lifeboat_nbd::protocol::{CONTEXT_BASE_ALLOCATION, STATE_HOLE, STATE_ZERO};
-use lifeboat_nbd::{Client, Export, ExportError, Server};
+use lifeboat_nbd::{Buffer, Client, Export, ExportError, Server};
 
 /// An export held in memory; the second half is a hole.
 struct MemoryExport {
@@ -56,7 +56,7 @@ impl Export for MemoryExport {
         self.writable
     }
 
-    fn write(&self, offset: u64, data: Arc<[u8]>, _fua: bool) -> Result<(), ExportError> {
+    fn write(&self, offset: u64, data: Buffer, _fua: bool) -> Result<(), ExportError> {
         let mut stored = self.data.lock().unwrap();
         stored[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
         Ok(())

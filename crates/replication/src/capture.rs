@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use lifeboat_nbd::protocol::{EIO, ENOSPC, EPERM};
-use lifeboat_nbd::{Export, ExportError};
+use lifeboat_nbd::{Buffer, Export, ExportError};
 
 use crate::dirty::DirtyMap;
 use crate::error::Result;
@@ -132,7 +132,7 @@ impl Export for CapturedDisk {
         true
     }
 
-    fn write(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> Result<(), ExportError> {
+    fn write(&self, offset: u64, data: Buffer, fua: bool) -> Result<(), ExportError> {
         self.tracked(offset, data.len() as u64, || {
             self.image
                 .write_at(offset, &data)

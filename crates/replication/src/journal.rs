@@ -25,7 +25,8 @@
 //! carrying resync data are applied but make no recovery point.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+
+use lifeboat_nbd::Buffer;
 
 use crate::ranges::RangeSet;
 
@@ -40,7 +41,7 @@ pub struct DiskId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
     /// These bytes.
-    Data(Arc<[u8]>),
+    Data(Buffer),
     /// Zeros (NBD WRITE_ZEROES, TRIM).
     Zeroes,
 }

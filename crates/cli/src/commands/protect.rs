@@ -130,10 +130,11 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         bail!("give --socket PATH or --listen ADDRESS: where the VMs reach their disks");
     }
     let repository = open(global, Access::Write)?;
-    let journal = Arc::new(Mutex::new(Journal::new(
-        arguments.journal_mib.saturating_mul(1024 * 1024),
-    )));
+    let journal_bytes = arguments.journal_mib.saturating_mul(1024 * 1024);
+    let journal = Arc::new(Mutex::new(Journal::new(journal_bytes)));
     let mut server = Server::new();
+    // Shipped writes give their memory to the next ones: up to what the journal may hold.
+    server.keep_payload_memory(usize::try_from(journal_bytes).unwrap_or(usize::MAX));
     let mut layouts = Vec::new();
     let mut images = Vec::new();
     let mut names = Vec::new();
