@@ -3,7 +3,8 @@
 //! qemu's block layer reads every format Lifeboat supports (compressed qcow2 clusters,
 //! backing chains, dynamic VHD, VHDX), takes qemu's image locks, and reports allocation and
 //! dirty bitmaps over NBD. The process is tied to Lifeboat's: it gets `SIGTERM` when
-//! Lifeboat dies (even by `kill -9`), so no orphan keeps an image locked.
+//! Lifeboat dies (even by `kill -9`), so no orphan keeps an image locked; the empty socket
+//! directory such a death leaves behind is removed by the next start.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -21,6 +22,11 @@ use crate::inspect::classify_qemu_error;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The export name used on the private socket.
 const EXPORT: &str = "disk";
+/// Prefix of the temporary directory holding each private socket.
+const SOCKET_DIRECTORY_PREFIX: &str = "lifeboat-nbd-";
+/// An empty socket directory older than this was left by a process that died: a live one
+/// holds its socket within [`START_TIMEOUT`].
+const STALE_AFTER: Duration = Duration::from_secs(120);
 
 /// How qemu-nbd should open the image.
 #[derive(Clone, Debug, Default)]
@@ -43,8 +49,10 @@ pub struct QemuNbd {
 impl QemuNbd {
     /// Starts qemu-nbd on `image` and waits until it accepts connections.
     pub fn start(image: &Path, format: &Format, options: &ServeOptions) -> Result<QemuNbd> {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| remove_stale_socket_directories(&std::env::temp_dir()));
         let directory = tempfile::Builder::new()
-            .prefix("lifeboat-nbd-")
+            .prefix(SOCKET_DIRECTORY_PREFIX)
             .tempdir()
             .map_err(|e| DiskError::Other {
                 path: image.to_path_buf(),
@@ -163,5 +171,64 @@ impl QemuNbd {
 impl Drop for QemuNbd {
     fn drop(&mut self) {
         let _ = self.terminate();
+    }
+}
+
+/// Removes the socket directories in `parent` left empty by processes that died (qemu-nbd
+/// removes its socket when it stops; the directory is the dead process's to remove). Only
+/// empty directories older than [`STALE_AFTER`] go, and removing a directory fails if it is
+/// not empty, so a live one is never touched.
+fn remove_stale_socket_directories(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(SOCKET_DIRECTORY_PREFIX) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if old && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, by: Duration) {
+        let then = std::time::SystemTime::now() - by;
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+
+    #[test]
+    fn only_old_empty_socket_directories_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let stale = parent.path().join("lifeboat-nbd-stale");
+        let young = parent.path().join("lifeboat-nbd-young");
+        let holding = parent.path().join("lifeboat-nbd-holding");
+        let other = parent.path().join("someone-else");
+        for directory in [&stale, &young, &holding, &other] {
+            std::fs::create_dir(directory).unwrap();
+        }
+        std::fs::write(holding.join("nbd.sock"), b"").unwrap();
+        for directory in [&stale, &holding, &other] {
+            age(directory, STALE_AFTER * 2);
+        }
+        remove_stale_socket_directories(parent.path());
+        assert!(!stale.exists(), "an old empty socket directory is removed");
+        assert!(young.exists(), "a new one may be about to get its socket");
+        assert!(holding.exists(), "one holding a socket is in use");
+        assert!(other.exists(), "other programs' directories are not ours");
     }
 }

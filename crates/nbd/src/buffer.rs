@@ -8,9 +8,14 @@
 
 use std::sync::{Arc, Mutex};
 
-/// Payloads are kept in classes of whole pages up to this size; larger ones are not kept.
+/// Payloads of whole pages up to this size are kept, by size; others are not (their memory
+/// is exactly their length, so the journal's limit on its bytes bounds its memory).
 const LARGEST_KEPT: usize = 1 << 20;
 const PAGE: usize = 4096;
+
+fn is_kept(length: usize) -> bool {
+    length > 0 && length.is_multiple_of(PAGE) && length <= LARGEST_KEPT
+}
 
 /// Recycles payload memory, keeping at most `limit_bytes` of it unused.
 #[derive(Debug)]
@@ -40,25 +45,19 @@ impl BufferPool {
 
     /// A buffer of `length` bytes, holding whatever it held before (or zeros).
     pub fn take(self: &Arc<BufferPool>, length: usize) -> Buffer {
-        let pages = length.div_ceil(PAGE).max(1);
-        let kept = if pages * PAGE <= LARGEST_KEPT {
+        if !is_kept(length) {
+            return Buffer::from(vec![0; length]);
+        }
+        let kept = {
             let mut free = self.lock();
-            let buffer = free.by_pages[pages - 1].pop();
-            if let Some(buffer) = &buffer {
-                free.bytes -= buffer.len();
+            let buffer = free.by_pages[length / PAGE - 1].pop();
+            if buffer.is_some() {
+                free.bytes -= length;
             }
             buffer
-        } else {
-            None
-        };
-        let data = match kept {
-            Some(data) => data,
-            None if pages * PAGE <= LARGEST_KEPT => vec![0; pages * PAGE],
-            None => vec![0; length],
         };
         Buffer(Arc::new(Held {
-            data,
-            length,
+            data: kept.unwrap_or_else(|| vec![0; length]),
             pool: Some(Arc::clone(self)),
         }))
     }
@@ -68,16 +67,24 @@ impl BufferPool {
         self.lock().bytes
     }
 
+    /// Keeps `data` for the next payload of its size. When the pool is full, buffers of the
+    /// size with the most memory kept make room, so that memory kept after a burst of one
+    /// size does not shut out every other size for good.
     fn give_back(&self, data: Vec<u8>) {
-        let pages = data.len() / PAGE;
-        if !data.len().is_multiple_of(PAGE) || pages == 0 || data.len() > LARGEST_KEPT {
-            return;
-        }
+        let class = data.len() / PAGE - 1;
         let mut free = self.lock();
-        if free.bytes + data.len() <= self.limit_bytes {
-            free.bytes += data.len();
-            free.by_pages[pages - 1].push(data);
+        while free.bytes + data.len() > self.limit_bytes {
+            let largest = (0..free.by_pages.len())
+                .filter(|&other| other != class && !free.by_pages[other].is_empty())
+                .max_by_key(|&other| free.by_pages[other].len() * (other + 1));
+            let Some(largest) = largest else {
+                return;
+            };
+            free.by_pages[largest].pop();
+            free.bytes -= (largest + 1) * PAGE;
         }
+        free.bytes += data.len();
+        free.by_pages[class].push(data);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
@@ -94,9 +101,8 @@ impl BufferPool {
 pub struct Buffer(Arc<Held>);
 
 struct Held {
-    /// Whole pages when pooled; the payload is the first `length` bytes.
     data: Vec<u8>,
-    length: usize,
+    /// Set when the memory goes back to a pool (whole pages up to [`LARGEST_KEPT`]).
     pool: Option<Arc<BufferPool>>,
 }
 
@@ -111,8 +117,7 @@ impl Drop for Held {
 impl Buffer {
     /// The bytes to fill, while the buffer is not shared yet.
     pub fn get_mut(&mut self) -> Option<&mut [u8]> {
-        let held = Arc::get_mut(&mut self.0)?;
-        Some(&mut held.data[..held.length])
+        Some(&mut Arc::get_mut(&mut self.0)?.data)
     }
 }
 
@@ -120,19 +125,14 @@ impl std::ops::Deref for Buffer {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0.data[..self.0.length]
+        &self.0.data
     }
 }
 
 impl From<Vec<u8>> for Buffer {
     /// Bytes of no pool: freed when dropped.
     fn from(data: Vec<u8>) -> Buffer {
-        let length = data.len();
-        Buffer(Arc::new(Held {
-            data,
-            length,
-            pool: None,
-        }))
+        Buffer(Arc::new(Held { data, pool: None }))
     }
 }
 
@@ -165,8 +165,7 @@ mod tests {
         assert_eq!(pool.kept_bytes(), 0, "a clone still holds it");
         drop(shared);
         assert_eq!(pool.kept_bytes(), 65536);
-        let second = pool.take(65000);
-        assert_eq!(second.len(), 65000);
+        let second = pool.take(65536);
         assert_eq!(
             second.as_ptr(),
             address,
@@ -178,16 +177,38 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_keeps_no_more_than_its_limit_nor_buffers_larger_than_a_mebibyte() {
+    fn the_pool_keeps_no_more_than_its_limit_and_only_whole_pages_up_to_a_mebibyte() {
         let pool = BufferPool::new(3 * 65536);
         let buffers: Vec<Buffer> = (0..5).map(|_| pool.take(65536)).collect();
         drop(buffers);
         assert_eq!(pool.kept_bytes(), 3 * 65536);
         let pool = BufferPool::new(64 << 20);
-        let large = pool.take((1 << 20) + 1);
-        assert_eq!(large.len(), (1 << 20) + 1);
-        drop(large);
-        assert_eq!(pool.kept_bytes(), 0);
+        for length in [0, 512, 4097, (1 << 20) + 4096] {
+            let odd = pool.take(length);
+            assert_eq!(odd.len(), length);
+            drop(odd);
+            assert_eq!(pool.kept_bytes(), 0, "{length} bytes are not kept");
+        }
+    }
+
+    #[test]
+    fn a_full_pool_makes_room_for_another_size_by_dropping_the_size_it_holds_most_of() {
+        let pool = BufferPool::new(4 << 20);
+        drop((0..4).map(|_| pool.take(1 << 20)).collect::<Vec<_>>());
+        assert_eq!(
+            pool.kept_bytes(),
+            4 << 20,
+            "a burst of 1 MiB writes fills it"
+        );
+        drop((0..32).map(|_| pool.take(65536)).collect::<Vec<_>>());
+        assert_eq!(pool.kept_bytes(), 4 << 20);
+        let small: Vec<Buffer> = (0..32).map(|_| pool.take(65536)).collect();
+        assert_eq!(
+            pool.kept_bytes(),
+            2 << 20,
+            "the 64 KiB buffers were kept, two 1 MiB ones dropped to make room for them"
+        );
+        drop(small);
     }
 
     #[test]

@@ -847,6 +847,29 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_in_recycled_memory_holds_only_its_own_bytes() {
+        let pool = BufferPool::new(1 << 20);
+        let mut old = pool.take(65536);
+        old.get_mut().expect("not shared").fill(7);
+        drop(old);
+        let stream: Vec<u8> = (0..2 * 65536).map(|i| (i % 247 + 8) as u8).collect();
+        let mut input = BufReader::with_capacity(INPUT_BUFFER_BYTES, stream.as_slice());
+        input.fill_buf().unwrap();
+        let payload = read_payload(&mut input, pool.take(65536)).unwrap();
+        assert_eq!(&payload[..], &stream[..65536]);
+        drop(payload);
+        let short = &stream[..1000];
+        let mut input = BufReader::with_capacity(INPUT_BUFFER_BYTES, short);
+        let error = read_payload(&mut input, pool.take(65536)).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            pool.kept_bytes(),
+            65536,
+            "a failed read gives its memory back"
+        );
+    }
+
+    #[test]
     fn a_unix_socket_replaces_a_stale_file_and_accepts_once_it_is_there() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("exports.sock");
