@@ -227,12 +227,22 @@ pub fn random_writes(image: &Path, count: usize, seed: u64) {
         commands.push(format!("write -P {pattern} {offset} 4k"));
     }
     for batch in commands.chunks(200) {
-        let mut command = Command::new("qemu-io");
-        command.args(["-f", qemu_format(image)]);
-        for line in batch {
-            command.args(["-c", line]);
-        }
-        let output = command.arg(image).output().expect("qemu-io");
+        // A killed Lifeboat's private qemu-nbd stops on its own (parent-death signal), a
+        // moment later: until then it holds the image's lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let output = loop {
+            let mut command = Command::new("qemu-io");
+            command.args(["-f", qemu_format(image)]);
+            for line in batch {
+                command.args(["-c", line]);
+            }
+            let output = command.arg(image).output().expect("qemu-io");
+            let locked = String::from_utf8_lossy(&output.stderr).contains("Failed to get");
+            if !locked || std::time::Instant::now() > deadline {
+                break output;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         assert!(
             output.status.success(),
             "qemu-io failed: {}",
