@@ -350,7 +350,7 @@ pub struct ProtectArguments {
     pub interval: f64,
     /// MiB of writes kept in memory until shipped; past it, changed ranges are read again
     /// from the images when shipping can go on (resync). The memory of shipped writes is
-    /// kept for the next ones, up to this size too.
+    /// kept for the next ones while writes go on, up to this size too.
     #[arg(long, default_value_t = 1024)]
     pub journal_mib: u64,
     /// Ship every write as journaled, even those overwritten whole later in the same cut

@@ -24,11 +24,14 @@ pub struct BufferPool {
     limit_bytes: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Free {
     /// `by_pages[n - 1]` holds buffers of `n` pages, each fully initialized.
     by_pages: Vec<Vec<Vec<u8>>>,
     bytes: usize,
+    /// Bytes of poolable payloads taken since `trimmed`.
+    taken: usize,
+    trimmed: std::time::Instant,
 }
 
 impl BufferPool {
@@ -38,6 +41,8 @@ impl BufferPool {
             free: Mutex::new(Free {
                 by_pages: vec![Vec::new(); LARGEST_KEPT / PAGE],
                 bytes: 0,
+                taken: 0,
+                trimmed: std::time::Instant::now(),
             }),
             limit_bytes,
         })
@@ -50,6 +55,7 @@ impl BufferPool {
         }
         let kept = {
             let mut free = self.lock();
+            free.taken += length;
             let buffer = free.by_pages[length / PAGE - 1].pop();
             if buffer.is_some() {
                 free.bytes -= length;
@@ -85,6 +91,34 @@ impl BufferPool {
         }
         free.bytes += data.len();
         free.by_pages[class].push(data);
+    }
+
+    /// Once per `period`, gives back to the allocator the memory kept beyond what payloads
+    /// took during the last period: after a burst, an idle disk does not hold its memory.
+    pub fn trim_unused(&self, period: std::time::Duration) {
+        let mut dropped = Vec::new();
+        {
+            let mut free = self.lock();
+            if free.trimmed.elapsed() < period {
+                return;
+            }
+            let working_set = free.taken;
+            let mut class = free.by_pages.len();
+            while free.bytes > working_set && class > 0 {
+                class -= 1;
+                while free.bytes > working_set {
+                    let Some(buffer) = free.by_pages[class].pop() else {
+                        break;
+                    };
+                    free.bytes -= buffer.len();
+                    dropped.push(buffer);
+                }
+            }
+            free.taken = 0;
+            free.trimmed = std::time::Instant::now();
+        }
+        // Freed outside the lock: writes do not wait for it.
+        drop(dropped);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
@@ -209,6 +243,26 @@ mod tests {
             "the 64 KiB buffers were kept, two 1 MiB ones dropped to make room for them"
         );
         drop(small);
+    }
+
+    #[test]
+    fn memory_kept_beyond_what_the_last_period_took_is_given_back() {
+        let pool = BufferPool::new(64 << 20);
+        drop((0..8).map(|_| pool.take(65536)).collect::<Vec<_>>());
+        pool.trim_unused(std::time::Duration::from_secs(3600));
+        assert_eq!(pool.kept_bytes(), 8 * 65536, "not once per hour yet");
+        drop((0..2).map(|_| pool.take(65536)).collect::<Vec<_>>());
+        pool.trim_unused(std::time::Duration::ZERO);
+        assert_eq!(
+            pool.kept_bytes(),
+            8 * 65536,
+            "writes took that much: all kept"
+        );
+        drop(pool.take(65536));
+        pool.trim_unused(std::time::Duration::ZERO);
+        assert_eq!(pool.kept_bytes(), 65536, "one write since: one buffer kept");
+        pool.trim_unused(std::time::Duration::ZERO);
+        assert_eq!(pool.kept_bytes(), 0, "idle: nothing kept");
     }
 
     #[test]

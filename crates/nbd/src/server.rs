@@ -127,6 +127,9 @@ const REQUEST_HEADER_BYTES: usize = 28;
 /// take the payloads of the requests queued behind and copy them twice).
 const INPUT_BUFFER_BYTES: usize = 8 * 1024;
 
+/// How often payload memory no write used is given back.
+pub const PAYLOAD_TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Payload memory kept for reuse unless [`Server::keep_payload_memory`] says otherwise.
 const DEFAULT_KEPT_PAYLOAD_BYTES: usize = 64 << 20;
 
@@ -145,6 +148,12 @@ impl Server {
     /// (an export that holds payloads, like a journal, can use as much as it may hold).
     pub fn keep_payload_memory(&mut self, bytes: usize) {
         self.payloads = BufferPool::new(bytes);
+    }
+
+    /// Gives back payload memory an idle period did not use (call it now and then; it acts
+    /// at most once per [`PAYLOAD_TRIM_PERIOD`]).
+    pub fn trim_payload_memory(&self) {
+        self.payloads.trim_unused(PAYLOAD_TRIM_PERIOD);
     }
 
     /// Adds an export under `name`.

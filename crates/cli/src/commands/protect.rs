@@ -333,6 +333,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
                 }
             }
         }
+        server.trim_payload_memory();
         std::thread::sleep(interval.saturating_sub(started.elapsed()));
     }
 }
