@@ -170,11 +170,17 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
     };
     eprintln!("job {} ({label}) started on {}", job.id, runner.node);
     let mut child = tokio::process::Command::new(&runner.executable);
-    // SAFETY: prctl is async-signal-safe; the child dies with this node, so a killed node
-    // leaves no job running behind the one that takes it over.
+    // The child dies with this node, so a killed node leaves no job running behind the one
+    // that takes it over; a node that died before the prctl sends no signal, so the job
+    // stops at once instead.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe, and the error allocates nothing.
     unsafe {
-        child.pre_exec(|| {
+        child.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
             Ok(())
         });
     }
