@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::replication::{
-    Killed, Protect, block, counter, follow, raw_disk, receive_past, status_until,
+    Killed, Protect, block, counter, follow, raw_disk, receive_past, status_until, status_within,
 };
 use common::{Harness, identical, text};
 use serde_json::Value;
@@ -247,26 +247,23 @@ fn rpo_pending_writes_and_throughput_show_in_status_and_alert_above_the_threshol
     }
     // The VM goes on writing, a block per look: its throughput is measured over the last
     // minute, which a loaded machine can take to make the first point.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let mut round = 20u64;
-    let healthy = loop {
-        let status = common::replication::group_status(&harness, "shop");
-        if status["alert"] == false
-            && status["vms"][0]["point"].is_string()
-            && status["vms"][0]["write_bytes_per_second"].as_f64() > Some(0.0)
-        {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never got there: {status}"
-        );
-        client
-            .write((round % 256) * 65536, &block(round), false)
-            .unwrap();
-        round += 1;
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let healthy = status_within(
+        &harness,
+        "shop",
+        Duration::from_secs(120),
+        |g| {
+            g["alert"] == false
+                && g["vms"][0]["point"].is_string()
+                && g["vms"][0]["write_bytes_per_second"].as_f64() > Some(0.0)
+        },
+        || {
+            client
+                .write((round % 256) * 65536, &block(round), false)
+                .unwrap();
+            round += 1;
+        },
+    );
     let rpo = healthy["rpo_seconds"].as_f64().unwrap();
     assert!((0.0..3.0).contains(&rpo), "{healthy}");
     assert_eq!(healthy["rpo_threshold_seconds"], 3.0);

@@ -192,13 +192,15 @@ fn remove_stale_socket_directories(parent: &Path) {
         if !name.to_string_lossy().starts_with(SOCKET_DIRECTORY_PREFIX) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|metadata| metadata.modified())
-            .ok()
-            .and_then(|modified| modified.elapsed().ok())
-            .is_some_and(|age| age > STALE_AFTER);
-        if old && entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+        let stale = entry.metadata().is_ok_and(|metadata| {
+            metadata.is_dir()
+                && metadata
+                    .modified()
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > STALE_AFTER)
+        });
+        if stale {
             let _ = std::fs::remove_dir(entry.path());
         }
     }

@@ -34,6 +34,25 @@ struct Free {
     trimmed: std::time::Instant,
 }
 
+impl Free {
+    /// Takes buffers out until at most `bytes` are kept, each time from the size with the
+    /// most memory kept (never from `spare`); returns them, to be freed.
+    fn shed(&mut self, bytes: usize, spare: Option<usize>) -> Vec<Vec<u8>> {
+        let mut dropped = Vec::new();
+        while self.bytes > bytes {
+            let largest = (0..self.by_pages.len())
+                .filter(|&class| Some(class) != spare && !self.by_pages[class].is_empty())
+                .max_by_key(|&class| self.by_pages[class].len() * (class + 1));
+            let Some(buffer) = largest.and_then(|class| self.by_pages[class].pop()) else {
+                break;
+            };
+            self.bytes -= buffer.len();
+            dropped.push(buffer);
+        }
+        dropped
+    }
+}
+
 impl BufferPool {
     /// A pool keeping up to `limit_bytes` of unused payload memory.
     pub fn new(limit_bytes: usize) -> Arc<BufferPool> {
@@ -79,44 +98,27 @@ impl BufferPool {
     fn give_back(&self, data: Vec<u8>) {
         let class = data.len() / PAGE - 1;
         let mut free = self.lock();
-        while free.bytes + data.len() > self.limit_bytes {
-            let largest = (0..free.by_pages.len())
-                .filter(|&other| other != class && !free.by_pages[other].is_empty())
-                .max_by_key(|&other| free.by_pages[other].len() * (other + 1));
-            let Some(largest) = largest else {
-                return;
-            };
-            free.by_pages[largest].pop();
-            free.bytes -= (largest + 1) * PAGE;
+        let room = self.limit_bytes.saturating_sub(data.len());
+        free.shed(room, Some(class));
+        if free.bytes <= room {
+            free.bytes += data.len();
+            free.by_pages[class].push(data);
         }
-        free.bytes += data.len();
-        free.by_pages[class].push(data);
     }
 
     /// Once per `period`, gives back to the allocator the memory kept beyond what payloads
     /// took during the last period: after a burst, an idle disk does not hold its memory.
     pub fn trim_unused(&self, period: std::time::Duration) {
-        let mut dropped = Vec::new();
-        {
+        let dropped = {
             let mut free = self.lock();
             if free.trimmed.elapsed() < period {
                 return;
             }
             let working_set = free.taken;
-            let mut class = free.by_pages.len();
-            while free.bytes > working_set && class > 0 {
-                class -= 1;
-                while free.bytes > working_set {
-                    let Some(buffer) = free.by_pages[class].pop() else {
-                        break;
-                    };
-                    free.bytes -= buffer.len();
-                    dropped.push(buffer);
-                }
-            }
             free.taken = 0;
             free.trimmed = std::time::Instant::now();
-        }
+            free.shed(working_set, None)
+        };
         // Freed outside the lock: writes do not wait for it.
         drop(dropped);
     }

@@ -128,7 +128,7 @@ const REQUEST_HEADER_BYTES: usize = 28;
 const INPUT_BUFFER_BYTES: usize = 8 * 1024;
 
 /// How often payload memory no write used is given back.
-pub const PAYLOAD_TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+const PAYLOAD_TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Payload memory kept for reuse unless [`Server::keep_payload_memory`] says otherwise.
 const DEFAULT_KEPT_PAYLOAD_BYTES: usize = 64 << 20;

@@ -179,15 +179,8 @@ impl PartBuilder {
             writes: self.writes,
         })
         .expect("cut headers serialize");
-        // Sealed where it is built: the data is copied once, into the sealed buffer.
-        let mut sealed =
-            Vec::with_capacity(4 + header.len() + self.data.len() + crypto.overhead_bytes());
-        sealed.resize(crypto.prefix_bytes(), 0);
-        sealed.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        sealed.extend_from_slice(&header);
-        sealed.extend_from_slice(&self.data);
-        crypto.seal_in_place(PART_CONTEXT, &mut sealed);
-        sealed
+        let header_length = (header.len() as u32).to_le_bytes();
+        crypto.seal_parts(PART_CONTEXT, &[&header_length, &header, &self.data])
     }
 }
 

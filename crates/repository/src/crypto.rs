@@ -210,9 +210,17 @@ impl Crypto {
 
     /// Seals a plaintext into a new buffer.
     pub fn seal(&self, associated_data: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut buffer = Vec::with_capacity(plaintext.len() + self.overhead_bytes());
+        self.seal_parts(associated_data, &[plaintext])
+    }
+
+    /// Seals the plaintext made of `parts` one after the other, copying each once.
+    pub fn seal_parts(&self, associated_data: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let mut buffer = Vec::with_capacity(length + self.overhead_bytes());
         buffer.resize(self.prefix_bytes(), 0);
-        buffer.extend_from_slice(plaintext);
+        for part in parts {
+            buffer.extend_from_slice(part);
+        }
         self.seal_in_place(associated_data, &mut buffer);
         buffer
     }

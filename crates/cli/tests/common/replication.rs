@@ -171,7 +171,19 @@ pub fn group_status(harness: &Harness, group: &str) -> Value {
 
 /// Polls `status` until `check` holds (within 60 s); returns that group status.
 pub fn status_until(harness: &Harness, group: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    status_within(harness, group, Duration::from_secs(60), check, || {})
+}
+
+/// Polls `status` until `check` holds (within `limit`), running `between` after each look
+/// that did not hold; returns that group status.
+pub fn status_within(
+    harness: &Harness,
+    group: &str,
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+    mut between: impl FnMut(),
+) -> Value {
+    let deadline = Instant::now() + limit;
     loop {
         let status = group_status(harness, group);
         if check(&status) {
@@ -181,6 +193,7 @@ pub fn status_until(harness: &Harness, group: &str, check: impl Fn(&Value) -> bo
             Instant::now() < deadline,
             "status never got there: {status}"
         );
+        between();
         std::thread::sleep(Duration::from_millis(200));
     }
 }
