@@ -1,6 +1,6 @@
 //! The CLI through a remote `lifeboat serve`: commands run there as jobs of the token's
 //! user, with the role each needs, their output and exit status given back; logins are
-//! rate-limited.
+//! rate-limited, across all the nodes of a PostgreSQL control plane.
 
 mod common;
 
@@ -12,11 +12,16 @@ use serde_json::{Value, json};
 
 /// Region west (initialised) and a 1 MiB disk db1 with data.
 fn site(harness: &Harness) -> (PathBuf, PathBuf) {
+    site_with(harness, "")
+}
+
+/// [`site`] with `settings` (TOML) at the top of the configuration.
+fn site_with(harness: &Harness, settings: &str) -> (PathBuf, PathBuf) {
     let config = harness.path("lifeboat.toml");
     std::fs::write(
         &config,
         format!(
-            "[[region]]\nname = \"west\"\nrepository = \"{}\"\n",
+            "{settings}[[region]]\nname = \"west\"\nrepository = \"{}\"\n",
             harness.path("west").display()
         ),
     )
@@ -49,6 +54,19 @@ fn remote(address: &str, token: Option<&str>, arguments: &[&str]) -> (i32, Strin
         String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr,
     )
+}
+
+/// Operator alice, whose dashboard password is "a long enough secret".
+fn alice(harness: &Harness, config: &std::path::Path) {
+    let password = harness.path("alice.password");
+    std::fs::write(&password, "a long enough secret\n").unwrap();
+    user(
+        harness,
+        config,
+        "alice",
+        "operator",
+        &["--login-password-file", password.to_str().unwrap()],
+    );
 }
 
 fn api(address: &str, token: &str, path: &str) -> Value {
@@ -220,15 +238,7 @@ fn logins_are_rate_limited_per_address_and_user_and_sessions_need_their_csrf_tok
     let harness = Harness::uninitialised();
     let (config, _) = site(&harness);
     let (_server, address, _) = serve_node(&harness, &config);
-    let password = harness.path("alice.password");
-    std::fs::write(&password, "a long enough secret\n").unwrap();
-    user(
-        &harness,
-        &config,
-        "alice",
-        "operator",
-        &["--login-password-file", password.to_str().unwrap()],
-    );
+    alice(&harness, &config);
     let http = reqwest::blocking::Client::new();
     let login = |password: &str| {
         http.post(format!("http://{address}/api/session"))
@@ -301,4 +311,39 @@ fn logins_are_rate_limited_per_address_and_user_and_sessions_need_their_csrf_tok
         .send()
         .unwrap();
     assert_eq!(after.status(), 401);
+}
+
+#[test]
+fn failed_logins_count_on_every_node_of_a_postgresql_control_plane() {
+    let postgres = lifeboat_testing::PostgresServer::start();
+    let harness = Harness::uninitialised();
+    let (config, _) = site_with(
+        &harness,
+        &format!("[settings]\ndatabase = \"{}\"\n\n", postgres.url()),
+    );
+    alice(&harness, &config);
+    let (_first, first, _) = serve_node(&harness, &config);
+    let (_second, second, _) = serve_node(&harness, &config);
+    let http = reqwest::blocking::Client::new();
+    let login = |address: &str, password: &str| {
+        http.post(format!("http://{address}/api/session"))
+            .json(&json!({"user": "alice", "password": password}))
+            .send()
+            .unwrap()
+            .status()
+    };
+    // Four wrong passwords on the two nodes, then a success on one clears them for both:
+    // four more are still answered (a fifth counted failure would refuse the next).
+    for _ in 0..2 {
+        for address in [&first, &second, &first, &second] {
+            assert_eq!(login(address, "wrong"), 401);
+        }
+        assert_eq!(login(&second, "a long enough secret"), 200);
+    }
+    // Five wrong passwords spread over the two nodes: both then refuse even the right one.
+    for address in [&first, &second, &first, &second, &first] {
+        assert_eq!(login(address, "wrong"), 401);
+    }
+    assert_eq!(login(&second, "a long enough secret"), 429);
+    assert_eq!(login(&first, "a long enough secret"), 429);
 }

@@ -26,8 +26,6 @@ pub struct AppState {
     pub snapshot: crate::replication::Shared,
     /// Whether the API speaks HTTPS (session cookies are then `Secure`).
     pub tls: bool,
-    /// Failed logins.
-    pub limiter: std::sync::Mutex<crate::session::Limiter>,
     /// Wakes this node's scheduler when a job is asked for.
     pub wake: Arc<tokio::sync::Notify>,
 }

@@ -121,7 +121,6 @@ pub fn serve(
             store,
             snapshot,
             tls: tls.is_some(),
-            limiter: Default::default(),
             wake,
         }))
         .into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -2,9 +2,9 @@
 //! an HttpOnly, SameSite=Strict cookie and answers the CSRF token the page echoes in
 //! `X-CSRF-Token` on every change; `GET /api/session` says who is logged in;
 //! `POST /api/session/logout` ends it. Failed logins are limited per client address and
-//! per user name (`Limiter`, decided without I/O).
+//! per user name; they are kept in the control plane's database, so every node of a
+//! PostgreSQL control plane counts the same failures (`wait` decides, without I/O).
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -28,47 +28,24 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 const FAILURES: usize = 5;
 const WINDOW_MS: i64 = 60_000;
 
-/// Failed logins, per key (`address:…`, `user:…`).
-#[derive(Default)]
-pub struct Limiter {
-    failures: HashMap<String, VecDeque<i64>>,
-}
-
-impl Limiter {
-    /// Seconds to wait before `keys` may try again, if any must.
-    pub fn wait(&mut self, keys: &[String], now_ms: i64) -> Option<u64> {
-        keys.iter()
-            .filter_map(|key| {
-                let times = self.failures.get_mut(key)?;
-                while times.front().is_some_and(|&t| t <= now_ms - WINDOW_MS) {
-                    times.pop_front();
-                }
-                (times.len() >= FAILURES).then(|| {
-                    let oldest = *times.front().expect("at least FAILURES");
-                    ((oldest + WINDOW_MS - now_ms).max(1000) / 1000) as u64
-                })
-            })
-            .max()
-    }
-
-    pub fn failed(&mut self, keys: &[String], now_ms: i64) {
-        if self.failures.len() > 100_000 {
-            self.failures
-                .retain(|_, times| times.back().is_some_and(|&t| t > now_ms - WINDOW_MS));
-        }
-        for key in keys {
-            self.failures
-                .entry(key.clone())
-                .or_default()
-                .push_back(now_ms);
-        }
-    }
-
-    pub fn succeeded(&mut self, keys: &[String]) {
-        for key in keys {
-            self.failures.remove(key);
-        }
-    }
+/// Seconds to wait before a login may be tried again, if it must: `failures` holds, for
+/// each of its keys (`address:…`, `user:…`), the times of that key's failed logins within
+/// the last `WINDOW_MS` before `now_ms`.
+pub fn wait(failures: &[Vec<i64>], now_ms: i64) -> Option<u64> {
+    failures
+        .iter()
+        .filter_map(|times| {
+            let mut recent: Vec<i64> = times
+                .iter()
+                .copied()
+                .filter(|&t| t > now_ms - WINDOW_MS)
+                .collect();
+            recent.sort_unstable();
+            // The oldest of the newest FAILURES: when it ages out, one more try is allowed.
+            let oldest = recent[recent.len().checked_sub(FAILURES)?];
+            Some(((oldest + WINDOW_MS - now_ms).max(1000) / 1000) as u64)
+        })
+        .max()
 }
 
 /// The CSRF token of the request's session, when it came with a session cookie (set by
@@ -140,12 +117,11 @@ pub async fn login(
         format!("user:{}", login.user),
     ];
     let now = now_ms();
-    if let Some(seconds) = state
-        .limiter
-        .lock()
-        .expect("never poisoned")
-        .wait(&keys, now)
-    {
+    let failures = match state.store.login_failures(&keys, now - WINDOW_MS).await {
+        Ok(failures) => failures,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    if let Some(seconds) = wait(&failures, now) {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed logins: try again in {seconds} s"),
@@ -164,11 +140,9 @@ pub async fn login(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let Some(identity) = identity else {
-        state
-            .limiter
-            .lock()
-            .expect("never poisoned")
-            .failed(&keys, now);
+        if let Err(e) = state.store.login_failed(&keys, now, now - WINDOW_MS).await {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
         let _ = state
             .store
             .audit(
@@ -184,11 +158,9 @@ pub async fn login(
             "wrong user name or password".to_string(),
         );
     };
-    state
-        .limiter
-        .lock()
-        .expect("never poisoned")
-        .succeeded(&keys);
+    if let Err(e) = state.store.login_succeeded(&keys).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
     let (id, session) = match state.store.open_session(&identity, now).await {
         Ok(opened) => opened,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -249,21 +221,24 @@ mod tests {
 
     #[test]
     fn five_failures_a_minute_then_wait_until_the_oldest_ages_out() {
-        let mut limiter = Limiter::default();
-        let keys = ["address:10.0.0.1".to_string(), "user:alice".to_string()];
+        let mut alice_from_one: Vec<i64> = Vec::new();
         for i in 0..5 {
-            assert_eq!(limiter.wait(&keys, 1_000 + i), None);
-            limiter.failed(&keys, 1_000 + i);
+            assert_eq!(wait(&[alice_from_one.clone(), vec![]], 1_000 + i), None);
+            alice_from_one.push(1_000 + i);
         }
-        assert_eq!(limiter.wait(&keys, 2_000), Some(59));
-        // The same user from elsewhere waits too; another user from elsewhere does not.
-        let elsewhere = ["address:10.0.0.2".to_string(), "user:alice".to_string()];
-        assert!(limiter.wait(&elsewhere, 2_000).is_some());
-        let other = ["address:10.0.0.2".to_string(), "user:bob".to_string()];
-        assert_eq!(limiter.wait(&other, 2_000), None);
-        assert_eq!(limiter.wait(&keys, 61_001), None, "the window passed");
-        limiter.succeeded(&keys);
-        assert_eq!(limiter.wait(&keys, 2_000), None);
+        // Either key over the limit is enough: the address, or the user from elsewhere.
+        assert_eq!(wait(&[alice_from_one.clone(), vec![]], 2_000), Some(59));
+        assert_eq!(wait(&[vec![], alice_from_one.clone()], 2_000), Some(59));
+        assert_eq!(wait(&[vec![], vec![]], 2_000), None);
+        assert_eq!(
+            wait(&[alice_from_one.clone()], 61_001),
+            None,
+            "the window passed"
+        );
+        // More than five: the wait lasts until the fifth newest ages out.
+        let mut many = alice_from_one.clone();
+        many.extend([30_000, 40_000]);
+        assert_eq!(wait(&[many], 41_000), Some(20));
     }
 
     #[test]

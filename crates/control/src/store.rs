@@ -34,7 +34,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::{ControlError, Result};
 
-const SCHEMA: [&str; 9] = [
+const SCHEMA: [&str; 11] = [
     "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, created_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, salt TEXT NOT NULL, \
      hash TEXT NOT NULL, created_ms BIGINT NOT NULL)",
@@ -52,6 +52,8 @@ const SCHEMA: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS monitored (region TEXT PRIMARY KEY, since_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rpo_samples (vm TEXT NOT NULL, slot BIGINT NOT NULL, time_ms BIGINT NOT NULL, \
      rpo_seconds DOUBLE PRECISION NOT NULL, PRIMARY KEY (vm, slot))",
+    "CREATE TABLE IF NOT EXISTS login_failures (subject TEXT NOT NULL, time_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS login_failures_by_subject ON login_failures (subject, time_ms)",
 ];
 
 /// Columns added to tables after their first release: (table, column, type).

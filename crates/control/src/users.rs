@@ -313,6 +313,65 @@ impl Store {
         Ok(())
     }
 
+    /// The times of the failed logins of each of `keys` (`address:…`, `user:…`) since
+    /// `since_ms`, in the order of `keys`: every node of the control plane sees them all.
+    pub async fn login_failures(&self, keys: &[String], since_ms: i64) -> Result<Vec<Vec<i64>>> {
+        let mut failures = Vec::with_capacity(keys.len());
+        for key in keys {
+            let rows = sqlx::query(
+                "SELECT time_ms FROM login_failures WHERE subject = $1 AND time_ms > $2",
+            )
+            .bind(key)
+            .bind(since_ms)
+            .fetch_all(self.pool())
+            .await
+            .map_err(failed("read the failed logins"))?;
+            failures.push(
+                rows.iter()
+                    .map(|row| row.try_get::<i64, _>(0))
+                    .collect::<std::result::Result<Vec<i64>, _>>()
+                    .map_err(failed("read the failed logins"))?,
+            );
+        }
+        Ok(failures)
+    }
+
+    /// Records a failed login of each of `keys` at `now_ms`, forgetting those from before
+    /// `forget_before_ms` (of every key: the table holds only the limiter's window).
+    pub async fn login_failed(
+        &self,
+        keys: &[String],
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE time_ms <= $1")
+            .bind(forget_before_ms)
+            .execute(self.pool())
+            .await
+            .map_err(failed("forget old failed logins"))?;
+        for key in keys {
+            sqlx::query("INSERT INTO login_failures (subject, time_ms) VALUES ($1, $2)")
+                .bind(key)
+                .bind(now_ms)
+                .execute(self.pool())
+                .await
+                .map_err(failed("record a failed login"))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the failed logins of `keys` after a successful one.
+    pub async fn login_succeeded(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            sqlx::query("DELETE FROM login_failures WHERE subject = $1")
+                .bind(key)
+                .execute(self.pool())
+                .await
+                .map_err(failed("forget failed logins"))?;
+        }
+        Ok(())
+    }
+
     /// Records an action of `actor`.
     pub async fn audit(
         &self,
