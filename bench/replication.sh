@@ -18,7 +18,7 @@
 #    (--ship-every-write) or each cut's end state (the default): bytes shipped and RPO.
 # 3. Capture overhead. Writes (4 KiB at queue depth 1: latency; 64 KiB at queue depth 8:
 #    throughput) to the same preallocated raw image: directly, through qemu-nbd (an NBD
-#    export without capture), through `lifeboat protect` (capture, journal and shipping
+#    export without capture; with qemu-img bench also with --cache=none), through `lifeboat protect` (capture, journal and shipping
 #    running), and through protect with shipping paused (capture alone). Twice: fio random
 #    writes (psync / io_uring buffered directly, libnbd through the exports), and
 #    qemu-img bench sequential writes through qemu's block layer, what a VM's disk does
@@ -142,8 +142,10 @@ qemu_bench() {
 start_target() {
     local kind=$1 interval=$2 dir=$BENCH_DIR/overhead
     sync
-    if [ "$kind" = qemu-nbd ]; then
-        qemu-nbd -f raw -t --shared=8 -k "$dir/server.sock" --cache=writeback --aio=threads -x vm "$dir/vm.raw" &
+    if [[ "$kind" == qemu-nbd* ]]; then
+        local cache=writeback aio=threads
+        [ "$kind" = qemu-nbd ] || cache=none aio=native
+        qemu-nbd -f raw -t --shared=8 -k "$dir/server.sock" --cache=$cache --aio=$aio -x vm "$dir/vm.raw" &
         SERVER=$!
         URI="nbd+unix:///vm?socket=$dir/server.sock"
     else
@@ -157,7 +159,7 @@ start_target() {
     PIDS+=("$SERVER")
     wait_for "$dir/server.sock" 30
     # Let the initial sync of the preallocated (all zero) image go by.
-    [ "$kind" = qemu-nbd ] || sleep 2
+    [[ "$kind" == qemu-nbd* ]] || sleep 2
 }
 
 stop_target() {
@@ -193,15 +195,18 @@ overhead() {
             sync
             qemu_bench direct-cache-none "$bs" "$depth" "$dir/vm.raw" -t none -i native
 
-            # qemu-nbd (an export without capture); capture with shipping running every
-            # second; capture alone (the first cut ships the initial sync; the next is an
-            # hour away).
-            for mode in "qemu-nbd 0" "lifeboat 1" "lifeboat-capture 3600"; do
+            # qemu-nbd (an export without capture), also writing the image with O_DIRECT
+            # (qemu-img bench only: what an NBD export writing like cache=none reaches);
+            # capture with shipping running every second; capture alone (the first cut
+            # ships the initial sync; the next is an hour away).
+            for mode in "qemu-nbd 0" "qemu-nbd-cache-none 0" "lifeboat 1" "lifeboat-capture 3600"; do
                 set -- $mode
                 local kind=$1
                 start_target "$kind" "$2"
-                fio_run "$dir/$kind.json" --ioengine=nbd --uri="$URI" --bs="$bs" --iodepth="$depth"
-                python3 "$ROOT/bench/replication_stats.py" fio "$kind" "$bs" "$depth" "$dir/$kind.json" >>"$BENCH_DIR/overhead.tsv"
+                if [ "$kind" != qemu-nbd-cache-none ]; then
+                    fio_run "$dir/$kind.json" --ioengine=nbd --uri="$URI" --bs="$bs" --iodepth="$depth"
+                    python3 "$ROOT/bench/replication_stats.py" fio "$kind" "$bs" "$depth" "$dir/$kind.json" >>"$BENCH_DIR/overhead.tsv"
+                fi
                 qemu_bench "$kind" "$bs" "$depth" "$URI"
                 stop_target
             done

@@ -151,7 +151,8 @@ def vm_report(path):
             shapes.append((r[1], r[2]))
     for bs, depth in shapes:
         iops = {}
-        for kind in ["direct", "direct-cache-none", "qemu-nbd", "lifeboat", "lifeboat-capture"]:
+        for kind in ["direct", "direct-cache-none", "qemu-nbd", "qemu-nbd-cache-none", "lifeboat",
+                     "lifeboat-capture"]:
             chosen = [int(r[3]) / float(r[4]) for r in runs
                       if r[0] == kind and r[1] == bs and r[2] == depth]
             if chosen:
