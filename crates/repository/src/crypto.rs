@@ -16,9 +16,9 @@
 //! encrypted repositories so ids reveal nothing about content.
 
 use std::fmt;
+use std::sync::Arc;
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 /// Bytes of an AES-GCM nonce.
 pub const NONCE_BYTES: usize = 12;
@@ -106,8 +106,9 @@ pub struct AuthenticationFailed;
 /// Seals and opens object bodies, and computes chunk ids, for one repository.
 #[derive(Clone)]
 pub struct Crypto {
-    /// `None` for repositories created with `--encryption none`.
-    cipher: Option<Aes256Gcm>,
+    /// `None` for repositories created with `--encryption none`. AWS-LC's AES-GCM: about
+    /// five times the throughput of a portable implementation on the same core.
+    cipher: Option<Arc<LessSafeKey>>,
     /// `None` with `cipher`: chunk ids are then plain BLAKE3.
     id_key: Option<[u8; KEY_BYTES]>,
 }
@@ -131,9 +132,10 @@ impl Crypto {
 
     /// AES-256-GCM with keyed chunk ids.
     pub fn encrypted(keys: &MasterKeys) -> Crypto {
-        let key = Key::<Aes256Gcm>::from(keys.data_key);
+        let key =
+            UnboundKey::new(&AES_256_GCM, &keys.data_key).expect("a 32-byte key is an AES-256 key");
         Crypto {
-            cipher: Some(Aes256Gcm::new(&key)),
+            cipher: Some(Arc::new(LessSafeKey::new(key))),
             id_key: Some(keys.id_key),
         }
     }
@@ -190,16 +192,15 @@ impl Crypto {
                 let mut nonce_bytes = [0u8; NONCE_BYTES];
                 fill_random(&mut nonce_bytes);
                 buffer[..NONCE_BYTES].copy_from_slice(&nonce_bytes);
-                let nonce = Nonce::from(nonce_bytes);
                 let tag = cipher
-                    .encrypt_inout_detached(
-                        &nonce,
-                        associated_data,
-                        (&mut buffer[NONCE_BYTES..]).into(),
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce_bytes),
+                        Aad::from(associated_data),
+                        &mut buffer[NONCE_BYTES..],
                     )
                     // Only fails for plaintexts over 64 GiB; objects are bounded far below.
                     .expect("object larger than AES-GCM allows");
-                buffer.extend_from_slice(tag.as_slice());
+                buffer.extend_from_slice(tag.as_ref());
             }
             None => {
                 let checksum = plain_checksum(associated_data, &buffer[..]);
@@ -237,20 +238,10 @@ impl Crypto {
         let tag_start = sealed.len() - TAG_BYTES;
         match &self.cipher {
             Some(cipher) => {
-                let mut nonce_bytes = [0u8; NONCE_BYTES];
-                nonce_bytes.copy_from_slice(&sealed[..NONCE_BYTES]);
-                let mut tag_bytes = [0u8; TAG_BYTES];
-                tag_bytes.copy_from_slice(&sealed[tag_start..]);
-                let plaintext = &mut sealed[NONCE_BYTES..tag_start];
-                cipher
-                    .decrypt_inout_detached(
-                        &Nonce::from(nonce_bytes),
-                        associated_data,
-                        (&mut *plaintext).into(),
-                        &aes_gcm::Tag::from(tag_bytes),
-                    )
-                    .map_err(|_| AuthenticationFailed)?;
-                Ok(plaintext)
+                let (nonce, rest) = sealed.split_at_mut(NONCE_BYTES);
+                let (ciphertext, tag) = rest.split_at_mut(tag_start - NONCE_BYTES);
+                open_separate(cipher, nonce, associated_data, tag, ciphertext)?;
+                Ok(ciphertext)
             }
             None => {
                 let (payload, checksum) = sealed.split_at_mut(tag_start);
@@ -274,20 +265,9 @@ impl Crypto {
         let tag_start = sealed.len() - TAG_BYTES;
         match &self.cipher {
             Some(cipher) => {
-                let mut nonce_bytes = [0u8; NONCE_BYTES];
-                nonce_bytes.copy_from_slice(&sealed[..NONCE_BYTES]);
-                let nonce = Nonce::from(nonce_bytes);
-                let mut tag_bytes = [0u8; TAG_BYTES];
-                tag_bytes.copy_from_slice(&sealed[tag_start..]);
-                let tag = aes_gcm::Tag::from(tag_bytes);
-                cipher
-                    .decrypt_inout_detached(
-                        &nonce,
-                        associated_data,
-                        (&mut sealed[NONCE_BYTES..tag_start]).into(),
-                        &tag,
-                    )
-                    .map_err(|_| AuthenticationFailed)?;
+                let (nonce, rest) = sealed.split_at_mut(NONCE_BYTES);
+                let (ciphertext, tag) = rest.split_at_mut(tag_start - NONCE_BYTES);
+                open_separate(cipher, nonce, associated_data, tag, ciphertext)?;
                 sealed.truncate(tag_start);
                 sealed.drain(..NONCE_BYTES);
                 Ok(sealed)
@@ -311,6 +291,21 @@ impl Crypto {
     ) -> Result<Vec<u8>, AuthenticationFailed> {
         self.open_in_place(associated_data, sealed.to_vec())
     }
+}
+
+/// Decrypts `ciphertext` where it lies, checking `tag`.
+fn open_separate(
+    cipher: &LessSafeKey,
+    nonce: &[u8],
+    associated_data: &[u8],
+    tag: &[u8],
+    ciphertext: &mut [u8],
+) -> Result<(), AuthenticationFailed> {
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthenticationFailed)?;
+    cipher
+        .open_in_place_separate_tag(nonce, Aad::from(associated_data), tag, ciphertext)
+        .map_err(|_| AuthenticationFailed)?;
+    Ok(())
 }
 
 fn plain_checksum(associated_data: &[u8], payload: &[u8]) -> [u8; TAG_BYTES] {
@@ -369,6 +364,45 @@ mod tests {
         let plaintext = b"a very recognisable plaintext string";
         let sealed = crypto.seal(b"kind", plaintext);
         assert!(!sealed.windows(plaintext.len()).any(|w| w == plaintext));
+    }
+
+    #[test]
+    fn objects_sealed_by_earlier_versions_open_and_new_ones_open_there() {
+        // AES-256-GCM as every version of Lifeboat wrote it (key 0x11…, nonce 00 01 … 0b,
+        // sealed by the portable implementation used before AWS-LC's).
+        let keys = MasterKeys {
+            data_key: [0x11; KEY_BYTES],
+            id_key: [0x22; KEY_BYTES],
+        };
+        let crypto = Crypto::encrypted(&keys);
+        let plaintext = b"a recovery point sealed by Lifeboat 0.1";
+        let sealed = hex::decode(
+            "000102030405060708090a0b72c3c47618cc439166c1f3efabc69952e9d265097910360fcb\
+             999f339426064c18d33d947c2b476065d515d8a64be1baee7d1aeb39fa0c",
+        )
+        .unwrap();
+        assert_eq!(
+            crypto.open(b"lifeboat-manifest", &sealed).unwrap(),
+            plaintext
+        );
+        assert!(crypto.open(b"lifeboat-disk-index", &sealed).is_err());
+        // What this version seals with that nonce is those same bytes.
+        let mut buffer = vec![0u8; NONCE_BYTES];
+        buffer.extend_from_slice(plaintext);
+        let nonce: [u8; NONCE_BYTES] = core::array::from_fn(|i| i as u8);
+        let tag = crypto
+            .cipher
+            .as_ref()
+            .unwrap()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"lifeboat-manifest"),
+                &mut buffer[NONCE_BYTES..],
+            )
+            .unwrap();
+        buffer[..NONCE_BYTES].copy_from_slice(&nonce);
+        buffer.extend_from_slice(tag.as_ref());
+        assert_eq!(buffer, sealed);
     }
 
     #[test]
