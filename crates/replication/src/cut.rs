@@ -27,6 +27,8 @@
 //!
 //! Writes of a cut are applied in order; applying a cut twice gives the same replicas.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use lifeboat_repository::Crypto;
@@ -112,7 +114,9 @@ pub struct Part {
     /// The cut it belongs to.
     pub ordinal: u64,
     pub writes: Vec<PartWrite>,
-    pub data: Vec<u8>,
+    /// The opened object, as read: the writes' bytes lie in it at `data`.
+    opened: Vec<u8>,
+    data: std::ops::Range<usize>,
 }
 
 impl Part {
@@ -123,7 +127,8 @@ impl Part {
             if write.zeroes {
                 (write, None)
             } else {
-                let bytes = &self.data[position..position + write.length as usize];
+                let start = self.data.start + position;
+                let bytes = &self.opened[start..start + write.length as usize];
                 position += write.length as usize;
                 (write, Some(bytes))
             }
@@ -133,38 +138,51 @@ impl Part {
 
 /// Builds a part: writes appended one by one.
 #[derive(Debug)]
-pub struct PartBuilder {
+pub struct PartBuilder<'a> {
     ordinal: u64,
     writes: Vec<PartWrite>,
-    data: Vec<u8>,
+    /// The bytes of the non-zero writes, in order: borrowed from the cut (its journaled
+    /// payloads), or read for a resync. Copied once, into the sealed part.
+    pieces: Vec<Cow<'a, [u8]>>,
+    data_bytes: usize,
 }
 
-impl PartBuilder {
-    pub fn new(ordinal: u64) -> PartBuilder {
+impl<'a> PartBuilder<'a> {
+    pub fn new(ordinal: u64) -> PartBuilder<'a> {
         PartBuilder {
             ordinal,
             writes: Vec::new(),
-            data: Vec::new(),
+            pieces: Vec::new(),
+            data_bytes: 0,
         }
     }
 
     /// Appends a write; `bytes` is `None` for zeros.
-    pub fn push(&mut self, vm: usize, disk: usize, offset: u64, length: u64, bytes: Option<&[u8]>) {
+    pub fn push(
+        &mut self,
+        vm: usize,
+        disk: usize,
+        offset: u64,
+        length: u64,
+        bytes: Option<Cow<'a, [u8]>>,
+    ) {
+        let zeroes = bytes.is_none();
         if let Some(bytes) = bytes {
             debug_assert_eq!(bytes.len() as u64, length);
-            self.data.extend_from_slice(bytes);
+            self.data_bytes += bytes.len();
+            self.pieces.push(bytes);
         }
         self.writes.push(PartWrite {
             vm,
             disk,
             offset,
             length,
-            zeroes: bytes.is_none(),
+            zeroes,
         });
     }
 
     pub fn data_bytes(&self) -> usize {
-        self.data.len()
+        self.data_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -180,19 +198,27 @@ impl PartBuilder {
         })
         .expect("cut headers serialize");
         let header_length = (header.len() as u32).to_le_bytes();
-        crypto.seal_parts(PART_CONTEXT, &[&header_length, &header, &self.data])
+        let mut plaintext: Vec<&[u8]> = Vec::with_capacity(2 + self.pieces.len());
+        plaintext.push(&header_length);
+        plaintext.push(&header);
+        plaintext.extend(self.pieces.iter().map(|piece| piece.as_ref()));
+        crypto.seal_parts(PART_CONTEXT, &plaintext)
     }
 }
 
 /// Opens and checks a sealed part named `name`.
-pub fn open_part(crypto: &Crypto, name: &str, sealed: Vec<u8>) -> Result<Part> {
+pub fn open_part(crypto: &Crypto, name: &str, mut sealed: Vec<u8>) -> Result<Part> {
     let damaged = |detail: &str| ReplicationError::DamagedCut {
         name: name.to_string(),
         detail: detail.to_string(),
     };
-    let plaintext = crypto
-        .open_in_place(PART_CONTEXT, sealed)
-        .map_err(|_| damaged("authentication failed (damaged, or written with another key)"))?;
+    // Opened where it was read: the writes' bytes are not moved again.
+    let plaintext_bytes = crypto
+        .open_slice(PART_CONTEXT, &mut sealed)
+        .map_err(|_| damaged("authentication failed (damaged, or written with another key)"))?
+        .len();
+    let start = crypto.prefix_bytes();
+    let plaintext = &sealed[start..start + plaintext_bytes];
     if plaintext.len() < 4 {
         return Err(damaged("too short"));
     }
@@ -204,7 +230,7 @@ pub fn open_part(crypto: &Crypto, name: &str, sealed: Vec<u8>) -> Result<Part> {
     if header.format != FORMAT {
         return Err(damaged(&format!("unknown format {}", header.format)));
     }
-    let data = plaintext[4 + header_bytes..].to_vec();
+    let data = start + 4 + header_bytes..start + plaintext_bytes;
     let expected: u64 = header
         .writes
         .iter()
@@ -217,6 +243,7 @@ pub fn open_part(crypto: &Crypto, name: &str, sealed: Vec<u8>) -> Result<Part> {
     Ok(Part {
         ordinal: header.ordinal,
         writes: header.writes,
+        opened: sealed,
         data,
     })
 }
@@ -278,9 +305,9 @@ mod tests {
     fn parts_round_trip_and_refuse_damage() {
         let crypto = Crypto::encrypted(&MasterKeys::generate());
         let mut builder = PartBuilder::new(7);
-        builder.push(0, 1, 4096, 3, Some(b"abc"));
+        builder.push(0, 1, 4096, 3, Some(Cow::Borrowed(b"abc")));
         builder.push(1, 0, 0, 65536, None);
-        builder.push(0, 0, 512, 2, Some(b"de"));
+        builder.push(0, 0, 512, 2, Some(Cow::Owned(b"de".to_vec())));
         let sealed = builder.seal(&crypto);
         let part = open_part(&crypto, "p", sealed.clone()).unwrap();
         assert_eq!(part.ordinal, 7);

@@ -7,6 +7,7 @@
 //! stays down the journal overflows into resync ranges, read again from the images once it
 //! is back — only what changed is sent.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -436,7 +437,7 @@ impl Sender {
                 write.disk.disk,
                 write.offset,
                 write.length,
-                write.bytes(),
+                write.bytes().map(Cow::Borrowed),
             );
             if builder.data_bytes() >= PART_BYTES {
                 flush(&mut builder)?;
@@ -456,14 +457,10 @@ impl Sender {
                 image
                     .read_at(offset, &mut buffer)
                     .map_err(|e| io(image.path(), "read for resync", e))?;
-                let zero = lifeboat_backup::backup::is_zero(&buffer);
-                builder.push(
-                    range.disk.vm,
-                    range.disk.disk,
-                    offset,
-                    length,
-                    (!zero).then_some(&buffer[..]),
-                );
+                // Data moves into the part (a zero read's memory serves the next read).
+                let data = (!lifeboat_backup::backup::is_zero(&buffer))
+                    .then(|| Cow::Owned(std::mem::take(&mut buffer)));
+                builder.push(range.disk.vm, range.disk.disk, offset, length, data);
                 resynced += length;
                 if builder.data_bytes() >= PART_BYTES {
                     flush(&mut builder)?;
