@@ -31,6 +31,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use lifeboat_directio::AlignedBuffer;
 use lifeboat_repository::Crypto;
 
 use crate::error::{ReplicationError, Result};
@@ -189,8 +190,10 @@ impl<'a> PartBuilder<'a> {
         self.writes.is_empty()
     }
 
-    /// The sealed part.
-    pub fn seal(self, crypto: &Crypto) -> Vec<u8> {
+    /// Seals the part into `sealed` (grown when too small: one buffer serves every part of
+    /// a cut); returns the sealed part's length. The buffer is aligned, so the part is
+    /// written to a local repository straight from it.
+    pub fn seal_into(self, crypto: &Crypto, sealed: &mut AlignedBuffer) -> usize {
         let header = serde_json::to_vec(&PartHeader {
             format: FORMAT,
             ordinal: self.ordinal,
@@ -202,7 +205,12 @@ impl<'a> PartBuilder<'a> {
         plaintext.push(&header_length);
         plaintext.push(&header);
         plaintext.extend(self.pieces.iter().map(|piece| piece.as_ref()));
-        crypto.seal_parts(PART_CONTEXT, &plaintext)
+        let length = 4 + header.len() + self.data_bytes + crypto.overhead_bytes();
+        if sealed.len() < length {
+            *sealed = AlignedBuffer::new(length);
+        }
+        crypto.seal_parts_into(PART_CONTEXT, &plaintext, &mut sealed.bytes_mut()[..length]);
+        length
     }
 }
 
@@ -308,7 +316,22 @@ mod tests {
         builder.push(0, 1, 4096, 3, Some(Cow::Borrowed(b"abc")));
         builder.push(1, 0, 0, 65536, None);
         builder.push(0, 0, 512, 2, Some(Cow::Owned(b"de".to_vec())));
-        let sealed = builder.seal(&crypto);
+        // An empty buffer grows to the part; a larger one holds it at its start.
+        let mut buffer = AlignedBuffer::default();
+        let length = builder.seal_into(&crypto, &mut buffer);
+        assert_eq!(buffer.len(), length);
+        let mut smaller = PartBuilder::new(8);
+        smaller.push(0, 0, 0, 1, Some(Cow::Borrowed(b"x")));
+        let smaller_length = smaller.seal_into(&crypto, &mut buffer);
+        assert!(smaller_length < length);
+        let smaller = open_part(&crypto, "q", buffer.bytes()[..smaller_length].to_vec()).unwrap();
+        assert_eq!(smaller.ordinal, 8);
+        let mut builder = PartBuilder::new(7);
+        builder.push(0, 1, 4096, 3, Some(Cow::Borrowed(b"abc")));
+        builder.push(1, 0, 0, 65536, None);
+        builder.push(0, 0, 512, 2, Some(Cow::Owned(b"de".to_vec())));
+        let length = builder.seal_into(&crypto, &mut buffer);
+        let sealed = buffer.bytes()[..length].to_vec();
         let part = open_part(&crypto, "p", sealed.clone()).unwrap();
         assert_eq!(part.ordinal, 7);
         let writes: Vec<(u64, Option<Vec<u8>>)> = part

@@ -115,9 +115,14 @@ pub fn write(
             .collect(),
     };
     let json = serde_json::to_vec(&header).expect("digest headers serialize");
+    // Built after room for the seal's prefix and sealed where it lies.
     let mut plaintext = Vec::with_capacity(
-        4 + json.len() + disks.iter().map(|d| d.blocks.len() * 32).sum::<usize>(),
+        crypto.overhead_bytes()
+            + 4
+            + json.len()
+            + disks.iter().map(|d| d.blocks.len() * 32).sum::<usize>(),
     );
+    plaintext.resize(crypto.prefix_bytes(), 0);
     plaintext.extend_from_slice(&(json.len() as u32).to_le_bytes());
     plaintext.extend_from_slice(&json);
     for disk in disks {
@@ -125,10 +130,11 @@ pub fn write(
             plaintext.extend_from_slice(block);
         }
     }
+    crypto.seal_in_place(CONTEXT, &mut plaintext);
     storage.replace(
         ObjectKind::ReplicationStatus,
         &name(crypto, group),
-        &crypto.seal(CONTEXT, &plaintext),
+        &plaintext,
     )?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use lifeboat_directio::AlignedBuffer;
 use lifeboat_repository::{ObjectKind, Repository};
 
 use crate::cut::{self, CutCommit, PartBuilder, VmLayout};
@@ -419,15 +420,16 @@ impl Sender {
         let mut parts = Vec::new();
         let mut shipped = 0u64;
         let mut builder = PartBuilder::new(ordinal);
+        let mut sealed = AlignedBuffer::default();
         let mut flush = |builder: &mut PartBuilder| -> Result<()> {
             if builder.is_empty() {
                 return Ok(());
             }
             let full = std::mem::replace(builder, PartBuilder::new(ordinal));
             let name = cut::part_name(&self.tag, ordinal, &attempt, parts.len());
-            let sealed = full.seal(crypto);
-            shipped += sealed.len() as u64;
-            storage.create(ObjectKind::Cut, &name, &sealed)?;
+            let length = full.seal_into(crypto, &mut sealed);
+            shipped += length as u64;
+            storage.create(ObjectKind::Cut, &name, &sealed.bytes()[..length])?;
             parts.push(name);
             Ok(())
         };

@@ -182,11 +182,31 @@ impl Crypto {
     /// Seals `buffer` in place. `buffer` must hold [`Crypto::prefix_bytes`] bytes of room
     /// followed by the plaintext; afterwards it holds the sealed object.
     pub fn seal_in_place(&self, associated_data: &[u8], buffer: &mut Vec<u8>) {
-        let prefix = self.prefix_bytes();
         assert!(
-            buffer.len() >= prefix,
+            buffer.len() >= self.prefix_bytes(),
             "sealed buffer lacks room for its prefix"
         );
+        buffer.resize(buffer.len() + TAG_BYTES, 0);
+        self.seal_slice(associated_data, buffer);
+    }
+
+    /// Seals the plaintext made of `parts` into `out`, which must be exactly
+    /// [`Crypto::overhead_bytes`] longer than the parts together (memory of the caller's
+    /// choosing: aligned for a direct write, say).
+    pub fn seal_parts_into(&self, associated_data: &[u8], parts: &[&[u8]], out: &mut [u8]) {
+        let mut at = self.prefix_bytes();
+        for part in parts {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        assert_eq!(at + TAG_BYTES, out.len(), "sealed buffer of the wrong size");
+        self.seal_slice(associated_data, out);
+    }
+
+    /// Seals `buffer` where it lies: [`Crypto::prefix_bytes`] bytes of room, the plaintext,
+    /// then [`TAG_BYTES`] of room.
+    fn seal_slice(&self, associated_data: &[u8], buffer: &mut [u8]) {
+        let tag_start = buffer.len() - TAG_BYTES;
         match &self.cipher {
             Some(cipher) => {
                 let mut nonce_bytes = [0u8; NONCE_BYTES];
@@ -196,15 +216,15 @@ impl Crypto {
                     .seal_in_place_separate_tag(
                         Nonce::assume_unique_for_key(nonce_bytes),
                         Aad::from(associated_data),
-                        &mut buffer[NONCE_BYTES..],
+                        &mut buffer[NONCE_BYTES..tag_start],
                     )
                     // Only fails for plaintexts over 64 GiB; objects are bounded far below.
                     .expect("object larger than AES-GCM allows");
-                buffer.extend_from_slice(tag.as_ref());
+                buffer[tag_start..].copy_from_slice(tag.as_ref());
             }
             None => {
-                let checksum = plain_checksum(associated_data, &buffer[..]);
-                buffer.extend_from_slice(&checksum);
+                let checksum = plain_checksum(associated_data, &buffer[..tag_start]);
+                buffer[tag_start..].copy_from_slice(&checksum);
             }
         }
     }
@@ -347,6 +367,15 @@ mod tests {
                 damaged[index] ^= 0x10;
                 assert_eq!(crypto.open(b"kind", &damaged), Err(AuthenticationFailed));
             }
+        }
+    }
+
+    #[test]
+    fn parts_sealed_into_a_callers_buffer_open_to_their_concatenation() {
+        for crypto in both() {
+            let mut out = vec![0u8; 11 + crypto.overhead_bytes()];
+            crypto.seal_parts_into(b"kind", &[b"hello", b" ", b"world"], &mut out);
+            assert_eq!(crypto.open(b"kind", &out).unwrap(), b"hello world");
         }
     }
 

@@ -30,7 +30,8 @@ pub struct PackRecord {
 
 /// Encodes and seals a pack index.
 pub fn encode(crypto: &Crypto, packs: &[PackRecord]) -> Vec<u8> {
-    let mut plaintext = Vec::new();
+    // Built after room for the seal's prefix and sealed where it lies.
+    let mut plaintext = vec![0u8; crypto.prefix_bytes()];
     plaintext.extend_from_slice(MAGIC);
     plaintext.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for record in packs {
@@ -39,7 +40,8 @@ pub fn encode(crypto: &Crypto, packs: &[PackRecord]) -> Vec<u8> {
         plaintext.extend_from_slice(&id);
         encode_entries(&record.entries, &mut plaintext);
     }
-    crypto.seal(CONTEXT, &plaintext)
+    crypto.seal_in_place(CONTEXT, &mut plaintext);
+    plaintext
 }
 
 /// Opens and decodes a pack index; `Err` says what is wrong with it.
