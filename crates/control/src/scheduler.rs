@@ -142,11 +142,14 @@ impl Reported {
 }
 
 async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
-    let id = job.id.clone();
+    let (id, attempt) = (job.id.clone(), job.attempt);
     let finish = |end: JobEnd| {
         let id = id.clone();
         async move {
-            if let Err(error) = store.finish(&id, &runner.node, &end, now_ms()).await {
+            if let Err(error) = store
+                .finish(&id, &runner.node, attempt, &end, now_ms())
+                .await
+            {
                 tracing::warn!(%error, "cannot record the end of a job");
             }
         }
@@ -237,7 +240,7 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
                     let mut reported = reported.lock().expect("never poisoned");
                     std::mem::take(&mut reported.changed).then(|| reported.progress.clone()).flatten()
                 };
-                match store.heartbeat(&job.id, &runner.node, now_ms(), progress.as_ref()).await {
+                match store.heartbeat(&job.id, &runner.node, job.attempt, now_ms(), progress.as_ref()).await {
                     Ok(Some(state)) if state == "cancel-requested" => {
                         let _ = child.kill().await;
                         finish(JobEnd {
@@ -249,7 +252,16 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
                         eprintln!("job {} ({label}) cancelled", job.id);
                         return;
                     }
-                    Ok(_) => {}
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        // Another node runs it now: this copy must not go on beside it.
+                        let _ = child.kill().await;
+                        eprintln!(
+                            "job {} ({label}) stopped on {}: its heartbeat went stale and it was queued again",
+                            job.id, runner.node
+                        );
+                        return;
+                    }
                     Err(error) => tracing::warn!(%error, "cannot refresh a job"),
                 }
             }

@@ -386,37 +386,51 @@ impl Store {
     }
 
     /// Keeps a running job's heartbeat (and progress, if any) fresh; returns its state (to
-    /// see a cancellation).
+    /// see a cancellation), or `None` when this run (`node`, `attempt`) is no longer the
+    /// job's: its heartbeat went stale (the node stalled) and it was queued again, for this
+    /// or another node to run anew.
     pub async fn heartbeat(
         &self,
         id: &str,
         node: &str,
+        attempt: i64,
         now_ms: i64,
         progress: Option<&JobProgress>,
     ) -> Result<Option<String>> {
         let progress = progress.map(|p| serde_json::to_string(p).expect("progress serializes"));
-        sqlx::query(
-            "UPDATE jobs SET heartbeat_ms = $1, progress = COALESCE($2, progress) WHERE id = $3 AND node = $4",
+        let row = sqlx::query(
+            "UPDATE jobs SET heartbeat_ms = $1, progress = COALESCE($2, progress) WHERE id = $3 AND node = $4 \
+             AND attempt = $5 RETURNING state",
         )
         .bind(now_ms)
         .bind(progress)
         .bind(id)
         .bind(node)
-        .execute(&self.pool)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
         .await
         .map_err(failed("refresh a job"))?;
-        Ok(self.job(id).await?.map(|job| job.state))
+        row.map(|row| row.try_get::<String, _>(0))
+            .transpose()
+            .map_err(failed("refresh a job"))
     }
 
     /// Records how a job ended.
-    pub async fn finish(&self, id: &str, node: &str, end: &JobEnd, now_ms: i64) -> Result<()> {
+    pub async fn finish(
+        &self,
+        id: &str,
+        node: &str,
+        attempt: i64,
+        end: &JobEnd,
+        now_ms: i64,
+    ) -> Result<()> {
         let progress = end
             .progress
             .as_ref()
             .map(|p| serde_json::to_string(p).expect("progress serializes"));
         sqlx::query(
             "UPDATE jobs SET state = $1, output = $2, errors = $3, exit_code = $4, \
-             progress = COALESCE($5, progress), finished_ms = $6 WHERE id = $7 AND node = $8",
+             progress = COALESCE($5, progress), finished_ms = $6 WHERE id = $7 AND node = $8 AND attempt = $9",
         )
         .bind(end.state)
         .bind(&end.output)
@@ -426,6 +440,7 @@ impl Store {
         .bind(now_ms)
         .bind(id)
         .bind(node)
+        .bind(attempt)
         .execute(&self.pool)
         .await
         .map_err(failed("finish a job"))?;
@@ -637,16 +652,20 @@ pub struct RpoSample {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lists_carry_the_end_of_each_output_and_a_job_all_of_it() {
+    /// Runs `test` on a store in a fresh SQLite database.
+    fn with_store(test: impl AsyncFnOnce(Store)) {
         let directory = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/state.db?mode=rwc", directory.path().display());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let store = Store::open(&url).await.unwrap();
+        runtime.block_on(async { test(Store::open(&url).await.unwrap()).await });
+    }
+
+    #[test]
+    fn lists_carry_the_end_of_each_output_and_a_job_all_of_it() {
+        with_store(async |store| {
             let job = store
                 .submit(&["points".to_string()], "alice", 1_000)
                 .await
@@ -660,7 +679,10 @@ mod tests {
                 exit_code: Some(0),
                 ..JobEnd::default()
             };
-            store.finish(&job.id, "node-a", &end, 1_002).await.unwrap();
+            store
+                .finish(&job.id, "node-a", claimed.attempt, &end, 1_002)
+                .await
+                .unwrap();
             let listed = store.jobs(10).await.unwrap();
             let listed_output = listed[0].output.as_deref().unwrap();
             assert_eq!(listed_output.len(), 4000);
@@ -670,6 +692,46 @@ mod tests {
             assert_eq!(whole.actor.as_deref(), Some("alice"));
             assert_eq!(whole.command, Some(vec!["points".to_string()]));
             assert_eq!(whole.exit_code, Some(0));
+        });
+    }
+
+    #[test]
+    fn a_run_whose_job_was_queued_again_is_told_so_and_cannot_finish_it() {
+        with_store(async |store| {
+            let job = store
+                .submit(&["points".to_string()], "alice", 1_000)
+                .await
+                .unwrap();
+            let first = store.claim("node-a", 1_001).await.unwrap().unwrap();
+            let beat = |attempt, now| store.heartbeat(&job.id, "node-a", attempt, now, None);
+            assert_eq!(
+                beat(first.attempt, 1_002).await.unwrap().as_deref(),
+                Some("running")
+            );
+            // node-a stalls; its job is queued again and claimed anew (by node-a itself, here).
+            assert_eq!(store.requeue_stale(10_000).await.unwrap(), 1);
+            assert_eq!(beat(first.attempt, 10_001).await.unwrap(), None);
+            let second = store.claim("node-a", 10_002).await.unwrap().unwrap();
+            assert_eq!(second.attempt, first.attempt + 1);
+            assert_eq!(
+                beat(first.attempt, 10_003).await.unwrap(),
+                None,
+                "the stale run"
+            );
+            assert_eq!(
+                beat(second.attempt, 10_003).await.unwrap().as_deref(),
+                Some("running")
+            );
+            // The stale run's end does not overwrite the new run's state.
+            let end = JobEnd {
+                state: "failed",
+                ..JobEnd::default()
+            };
+            store
+                .finish(&job.id, "node-a", first.attempt, &end, 10_004)
+                .await
+                .unwrap();
+            assert_eq!(store.job(&job.id).await.unwrap().unwrap().state, "running");
         });
     }
 }
