@@ -231,18 +231,8 @@ impl Crypto {
 
     /// Seals a plaintext into a new buffer.
     pub fn seal(&self, associated_data: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        self.seal_parts(associated_data, &[plaintext])
-    }
-
-    /// Seals the plaintext made of `parts` one after the other, copying each once.
-    pub fn seal_parts(&self, associated_data: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        let length: usize = parts.iter().map(|part| part.len()).sum();
-        let mut buffer = Vec::with_capacity(length + self.overhead_bytes());
-        buffer.resize(self.prefix_bytes(), 0);
-        for part in parts {
-            buffer.extend_from_slice(part);
-        }
-        self.seal_in_place(associated_data, &mut buffer);
+        let mut buffer = vec![0u8; plaintext.len() + self.overhead_bytes()];
+        self.seal_parts_into(associated_data, &[plaintext], &mut buffer);
         buffer
     }
 
@@ -260,7 +250,11 @@ impl Crypto {
             Some(cipher) => {
                 let (nonce, rest) = sealed.split_at_mut(NONCE_BYTES);
                 let (ciphertext, tag) = rest.split_at_mut(tag_start - NONCE_BYTES);
-                open_separate(cipher, nonce, associated_data, tag, ciphertext)?;
+                let nonce =
+                    Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthenticationFailed)?;
+                cipher
+                    .open_in_place_separate_tag(nonce, Aad::from(associated_data), tag, ciphertext)
+                    .map_err(|_| AuthenticationFailed)?;
                 Ok(ciphertext)
             }
             None => {
@@ -279,28 +273,11 @@ impl Crypto {
         associated_data: &[u8],
         mut sealed: Vec<u8>,
     ) -> Result<Vec<u8>, AuthenticationFailed> {
-        if sealed.len() < self.overhead_bytes() {
-            return Err(AuthenticationFailed);
-        }
-        let tag_start = sealed.len() - TAG_BYTES;
-        match &self.cipher {
-            Some(cipher) => {
-                let (nonce, rest) = sealed.split_at_mut(NONCE_BYTES);
-                let (ciphertext, tag) = rest.split_at_mut(tag_start - NONCE_BYTES);
-                open_separate(cipher, nonce, associated_data, tag, ciphertext)?;
-                sealed.truncate(tag_start);
-                sealed.drain(..NONCE_BYTES);
-                Ok(sealed)
-            }
-            None => {
-                let expected = plain_checksum(associated_data, &sealed[..tag_start]);
-                if expected != sealed[tag_start..] {
-                    return Err(AuthenticationFailed);
-                }
-                sealed.truncate(tag_start);
-                Ok(sealed)
-            }
-        }
+        let length = self.open_slice(associated_data, &mut sealed)?.len();
+        let start = self.prefix_bytes();
+        sealed.truncate(start + length);
+        sealed.drain(..start);
+        Ok(sealed)
     }
 
     /// Opens a sealed object from a borrowed buffer.
@@ -311,21 +288,6 @@ impl Crypto {
     ) -> Result<Vec<u8>, AuthenticationFailed> {
         self.open_in_place(associated_data, sealed.to_vec())
     }
-}
-
-/// Decrypts `ciphertext` where it lies, checking `tag`.
-fn open_separate(
-    cipher: &LessSafeKey,
-    nonce: &[u8],
-    associated_data: &[u8],
-    tag: &[u8],
-    ciphertext: &mut [u8],
-) -> Result<(), AuthenticationFailed> {
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthenticationFailed)?;
-    cipher
-        .open_in_place_separate_tag(nonce, Aad::from(associated_data), tag, ciphertext)
-        .map_err(|_| AuthenticationFailed)?;
-    Ok(())
 }
 
 fn plain_checksum(associated_data: &[u8], payload: &[u8]) -> [u8; TAG_BYTES] {
