@@ -233,6 +233,68 @@ fn the_cli_acts_through_a_remote_daemon_as_the_tokens_user_with_its_role() {
     );
 }
 
+/// The API once decided a job's role by scanning its words: an option that takes a value
+/// (`--token points`) hid the command that ran, and a reader made an admin.
+#[test]
+fn a_reader_cannot_hide_a_command_behind_an_option_that_takes_a_value() {
+    let harness = Harness::uninitialised();
+    let (config, _) = site(&harness);
+    let (_server, address, _) = serve_node(&harness, &config);
+    let reader = user(&harness, &config, "watcher", "reader", &[]);
+    let http = reqwest::blocking::Client::new();
+    let submit = |command: &[&str]| {
+        let response = http
+            .post(format!("http://{address}/api/jobs"))
+            .bearer_auth(&reader)
+            .json(&json!({ "command": command }))
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().unwrap())
+    };
+    let hidden: [&[&str]; 6] = [
+        &[
+            "--token", "points", "user", "add", "mallory", "--role", "admin",
+        ],
+        &[
+            "--region", "points", "user", "add", "mallory", "--role", "admin",
+        ],
+        &["--ca-certificate", "points", "--region", "west", "prune"],
+        &[
+            "--token",
+            "verify",
+            "--region",
+            "west",
+            "forget",
+            "--vm",
+            "db1",
+            "--keep-last",
+            "0",
+        ],
+        &["-r/some/path", "points"],
+        &["points", "--config=/tmp/other.toml"],
+    ];
+    for command in hidden {
+        let (status, body) = submit(command);
+        assert_eq!(status, 403, "{command:?}: {body}");
+    }
+    assert!(
+        submit(&["--region", "points", "user", "add", "mallory"])
+            .1
+            .contains("needs an admin")
+    );
+    assert!(
+        submit(&["-r/some/path", "points"])
+            .1
+            .contains("--repo is not taken")
+    );
+    // Nothing ran: no job was queued, no user made.
+    let jobs = api(&address, &reader, "/api/jobs");
+    assert_eq!(jobs.as_array().unwrap().len(), 0, "{jobs:#}");
+    // What the reader may do still runs.
+    assert_eq!(submit(&["points", "--region", "west", "--json"]).0, 202);
+}
+
 #[test]
 fn logins_are_rate_limited_per_address_and_user_and_sessions_need_their_csrf_token() {
     let harness = Harness::uninitialised();

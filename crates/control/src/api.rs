@@ -17,6 +17,8 @@ use utoipa::{OpenApi, ToSchema};
 use crate::incidents::availability;
 use crate::probes::now_ms;
 use crate::store::{Check, Incident, Job, Store};
+use lifeboat_operations::{JobCommand, Refusal};
+
 use crate::users::{AuditEntry, Identity, Role};
 
 pub struct AppState {
@@ -206,7 +208,7 @@ async fn jobs(
 /// needed (`user add` prints a token: only admins see it).
 fn visible(mut job: Job, identity: &Identity) -> Job {
     let needed = job.command.as_deref().map_or(Role::Reader, |command| {
-        crate::commands::required_role(command).unwrap_or(Role::Admin)
+        JobCommand::parse(command).map_or(Role::Admin, |command| command.role)
     });
     if identity.role < needed {
         job.output = None;
@@ -416,7 +418,7 @@ pub struct CommandRequest {
 /// admin; every request is written to the audit log with its user.
 #[utoipa::path(post, path = "/api/jobs", request_body = CommandRequest, responses(
     (status = 202, description = "queued", body = Job),
-    (status = 400, description = "not a JSON command", body = ApiError),
+    (status = 400, description = "not a JSON command, or not a lifeboat command line", body = ApiError),
     (status = 401, description = "not logged in", body = ApiError),
     (status = 403, description = "the user's role is not enough, or the API does not run that command", body = ApiError),
     (status = 503, description = "the state database cannot be written", body = ApiError)))]
@@ -429,9 +431,13 @@ async fn submit(
         Ok(Json(request)) => request,
         Err(rejection) => return bad_json(&rejection),
     };
-    let needed = match crate::commands::required_role(&request.command) {
-        Ok(role) => role,
-        Err(reason) => return error(StatusCode::FORBIDDEN, reason),
+    // The role comes from the command as the job's child will parse it.
+    let needed = match JobCommand::parse(&request.command) {
+        Ok(command) => command.role,
+        Err(refusal @ (Refusal::Empty | Refusal::Usage(_))) => {
+            return error(StatusCode::BAD_REQUEST, refusal.to_string());
+        }
+        Err(refusal) => return error(StatusCode::FORBIDDEN, refusal.to_string()),
     };
     let target = request.command.join(" ");
     if identity.role < needed {

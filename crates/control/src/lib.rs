@@ -26,7 +26,6 @@
 //! HTTP as a server.
 
 pub mod api;
-pub mod commands;
 pub mod drills;
 pub mod incidents;
 pub mod metrics;

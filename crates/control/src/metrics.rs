@@ -7,7 +7,8 @@ use std::fmt::Write;
 
 use crate::store::Job;
 
-/// The label of `job`: its schedule, or `run:` and its command's first word.
+/// The label of `job`: its schedule, or `run:` and its command's name as parsed
+/// (`run:plan continue`).
 fn label(job: &Job) -> String {
     if !job.schedule.is_empty() {
         return job.schedule.clone();
@@ -15,8 +16,8 @@ fn label(job: &Job) -> String {
     let command = job
         .command
         .as_deref()
-        .and_then(|command| crate::commands::words(command).first().copied())
-        .unwrap_or("command");
+        .and_then(|command| lifeboat_operations::JobCommand::parse(command).ok())
+        .map_or("command", |command| command.name);
     format!("run:{command}")
 }
 

@@ -188,9 +188,10 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
         });
     }
     let child = child
-        .args(&runner.arguments)
-        .arg("--json")
-        .args(&command)
+        .args(lifeboat_operations::child_arguments(
+            &runner.arguments,
+            &command,
+        ))
         .env("LIFEBOAT_PROGRESS", "lines")
         .env(
             "LIFEBOAT_ACTOR",

@@ -448,10 +448,21 @@ impl Store {
     }
 
     /// Queues again the running jobs whose node stopped refreshing them before
-    /// `stale_before_ms`; returns how many.
+    /// `stale_before_ms`, and ends as cancelled those whose cancellation was asked for
+    /// (a cancelled job never runs again); returns how many were queued again. Either way
+    /// the job is no longer the stalled node's: its next heartbeat tells it to stop.
     pub async fn requeue_stale(&self, stale_before_ms: i64) -> Result<u64> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', node = NULL, finished_ms = $1, \
+             errors = 'cancelled; its node stopped answering before it stopped the job' \
+             WHERE state = 'cancel-requested' AND heartbeat_ms < $1",
+        )
+        .bind(stale_before_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("end cancelled jobs"))?;
         let result = sqlx::query(
-            "UPDATE jobs SET state = 'queued', node = NULL WHERE state IN ('running', 'cancel-requested') \
+            "UPDATE jobs SET state = 'queued', node = NULL WHERE state = 'running' \
              AND heartbeat_ms < $1",
         )
         .bind(stale_before_ms)
@@ -732,6 +743,41 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(store.job(&job.id).await.unwrap().unwrap().state, "running");
+        });
+    }
+
+    #[test]
+    fn a_job_cancelled_while_its_node_stalls_never_runs_again() {
+        with_store(async |store| {
+            let job = store
+                .submit(&["points".to_string()], "alice", 1_000)
+                .await
+                .unwrap();
+            let first = store.claim("node-a", 1_001).await.unwrap().unwrap();
+            let cancelled = store.cancel(&job.id, 1_002).await.unwrap().unwrap();
+            assert_eq!(cancelled.state, "cancel-requested");
+            // node-a stalls before it stops the job: the job ends cancelled, not queued.
+            assert_eq!(store.requeue_stale(10_000).await.unwrap(), 0);
+            let ended = store.job(&job.id).await.unwrap().unwrap();
+            assert_eq!(ended.state, "cancelled");
+            assert!(ended.finished_ms.is_some());
+            assert!(store.claim("node-b", 10_001).await.unwrap().is_none());
+            assert!(store.claim("node-a", 10_002).await.unwrap().is_none());
+            // The stalled run is told the job is not its own, and cannot end it otherwise.
+            let beat = store.heartbeat(&job.id, "node-a", first.attempt, 10_003, None);
+            assert_eq!(beat.await.unwrap(), None);
+            let end = JobEnd {
+                state: "succeeded",
+                ..JobEnd::default()
+            };
+            store
+                .finish(&job.id, "node-a", first.attempt, &end, 10_004)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.job(&job.id).await.unwrap().unwrap().state,
+                "cancelled"
+            );
         });
     }
 }

@@ -9,49 +9,13 @@
 //! also acts (cancels jobs, and later fails over, forgets, prunes), an admin also manages
 //! users. Every action is written to the `audit` table with the user who did it.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::Row;
 
 use crate::store::{Store, failed, new_id, random_hex};
 use crate::{ControlError, Result};
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Reader,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(text: &str) -> Option<Role> {
-        match text {
-            "reader" => Some(Role::Reader),
-            "operator" => Some(Role::Operator),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// "a reader", "an operator", "an admin".
-    pub fn with_article(self) -> &'static str {
-        match self {
-            Role::Reader => "a reader",
-            Role::Operator => "an operator",
-            Role::Admin => "an admin",
-        }
-    }
-}
+pub use lifeboat_operations::Role;
 
 /// Who made a request.
 #[derive(Clone, Debug, PartialEq, Eq)]

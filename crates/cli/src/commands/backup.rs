@@ -10,7 +10,9 @@ pub fn run(global: &GlobalOptions, arguments: &BackupArguments) -> anyhow::Resul
     let repository = crate::repository::open(global, crate::repository::Access::Write)?;
     let mut options = BackupOptions::new(arguments.vm.clone(), arguments.disks.clone());
     options.change_tracking = !arguments.full;
-    options.compression_level = arguments.compression_level;
+    if let Some(level) = arguments.compression_level {
+        options.compression_level = level;
+    }
     options.threads = super::threads();
     let report = backup(&repository, &options, &Bar::new(global.json))?;
     if global.json {
