@@ -61,6 +61,9 @@ pub struct PointDisk {
     chunks: Mutex<Recent<ChunkId, Vec<u8>>>,
     groups: Mutex<Recent<(u32, u32), Vec<u8>>>,
     decoders: Mutex<Vec<BlobDecoder>>,
+    /// The export's reader lease, shared by its disks: no pack `index` names is deleted
+    /// while the export serves (the instant disks of a failover read it for hours).
+    _reading: Arc<Option<lifeboat_repository::Lease>>,
 }
 
 impl PointDisk {
@@ -194,6 +197,7 @@ impl Export for PointDisk {
 
 /// Builds an NBD server with one export per disk of `manifest`, named by disk name.
 pub fn point_server(repository: Arc<Repository>, manifest: &Manifest) -> Result<Server> {
+    let reading = Arc::new(repository.lock_read("export"));
     let index = Arc::new(repository.load_read_index()?.chunks);
     let mut server = Server::new();
     for entry in &manifest.disks {
@@ -208,6 +212,7 @@ pub fn point_server(repository: Arc<Repository>, manifest: &Manifest) -> Result<
                 chunks: Mutex::new(Recent::new(CACHED_CHUNKS)),
                 groups: Mutex::new(Recent::new(CACHED_GROUPS)),
                 decoders: Mutex::new(Vec::new()),
+                _reading: Arc::clone(&reading),
             }),
         );
     }

@@ -13,7 +13,11 @@
 //! | backup             | yes               | no: VM lease     | yes                   | yes    | yes: two-phase delete |
 //! | prune              | yes               | yes              | yes¹                  | yes    | no: prune lease |
 //!
-//! ¹ A point forgotten and pruned while it is being restored fails that restore cleanly.
+//! ¹ Restore, export, verify and a geo-sync's source each hold a `read-…` lease: packs that
+//! prune repacks or drops while one runs are recorded for deletion and deleted by a later
+//! prune once every such reader has ended, so a reader's chunk map never names a pack that
+//! is gone. A point forgotten and pruned before a reader opened it fails that reader
+//! cleanly.
 //!
 //! A geo-sync round reads its source like a restore and writes its copy like a backup,
 //! under the copy's `geo-sync` lease.

@@ -151,6 +151,8 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    // Held to the end: no pack this chunk map names is deleted meanwhile.
+    let _reading = repository.lock_read("restore");
     let index = repository.load_read_index()?.chunks;
     let quarantined: lifeboat_repository::ChunkSet = repository
         .list_quarantine()?

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 use lifeboat_repository::blob::chunk_from_group;
-use lifeboat_repository::pack::read_header;
+use lifeboat_repository::pack::header_damage;
 use lifeboat_repository::quarantine::QuarantineRecord;
 use lifeboat_repository::{
     BlobDecoder, ChunkId, ChunkLocation, ChunkMap, ObjectKind, Repository, RepositoryError,
@@ -37,7 +37,8 @@ pub struct AffectedPoint {
 #[derive(Clone, Debug, Serialize)]
 pub struct Damage {
     /// `damaged-manifest`, `damaged-disk-index`, `damaged-pack-index`, `missing-chunk`,
-    /// `damaged-chunk` (no healthy copy left) or `damaged-copy` (another copy is healthy).
+    /// `damaged-chunk` (no healthy copy left), `damaged-copy` (another copy is healthy) or
+    /// `damaged-pack` (damage outside its blobs: header, trailer, magic).
     pub kind: &'static str,
     /// The chunk id, or the damaged object's name.
     pub object: String,
@@ -73,6 +74,9 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
+    // Held to the end: a prune deletes nothing this run reads, so a pack it repacked
+    // meanwhile is not reported as missing.
+    let _reading = repository.lock_read("verify");
     let mut damage = Vec::new();
     let list = repository.list_points()?;
     for damaged in &list.damaged {
@@ -194,7 +198,7 @@ pub fn verify(
     let mut bytes_read = 0;
     let packs_checked;
     if read_data {
-        let (read, newly_failed, packs) = read_and_check_packs(
+        let check = read_and_check_packs(
             repository,
             &index,
             &needed_by,
@@ -203,8 +207,22 @@ pub fn verify(
             threads,
             progress,
         )?;
-        bytes_read = read;
-        packs_checked = packs;
+        bytes_read = check.bytes_read;
+        packs_checked = check.packs_checked;
+        for (pack, offset, detail) in check.pack_damage {
+            let name = index.pack_name(pack).to_string();
+            damage.push(Damage {
+                kind: "damaged-pack",
+                object: name.clone(),
+                pack: Some(name),
+                offset,
+                detail,
+                // Its blobs are read on their own; what fails in them is reported per
+                // chunk, with the points it affects.
+                points: Vec::new(),
+            });
+        }
+        let newly_failed = check.failures;
         for ((chunk, pack), (offset, reason)) in newly_failed {
             repository.quarantine(&QuarantineRecord {
                 chunk: chunk.to_hex(),
@@ -304,6 +322,16 @@ fn affected(points: &[AffectedPoint], users: &[u32]) -> Vec<AffectedPoint> {
 
 type Failures = HashMap<(ChunkId, u32), (u64, String)>;
 
+/// What reading every pack found.
+struct PackCheck {
+    bytes_read: u64,
+    /// Copies that fail their check.
+    failures: Failures,
+    packs_checked: usize,
+    /// Packs damaged outside their blobs: (pack number, offset, what).
+    pack_damage: Vec<(u32, Option<u64>, String)>,
+}
+
 /// Reads every pack holding a needed copy and checks each such copy.
 fn read_and_check_packs(
     repository: &Repository,
@@ -313,7 +341,7 @@ fn read_and_check_packs(
     quarantined: &HashSet<(ChunkId, String)>,
     threads: usize,
     progress: &dyn Progress,
-) -> Result<(u64, Failures, usize)> {
+) -> Result<PackCheck> {
     // Group the copies to check by pack.
     let mut by_pack: BTreeMap<u32, Vec<(ChunkId, ChunkLocation)>> = BTreeMap::new();
     for (chunk, location) in index.iter_all() {
@@ -337,6 +365,9 @@ fn read_and_check_packs(
         .sum();
     progress.start("verify", total);
     let failures = Mutex::new(Failures::new());
+    let pack_damage = Mutex::new(Vec::new());
+    let quarantined_packs: HashSet<&str> =
+        quarantined.iter().map(|(_, pack)| pack.as_str()).collect();
     let packs_checked = by_pack.len();
     let (sender, receiver) = bounded::<(
         u32,
@@ -348,11 +379,15 @@ fn read_and_check_packs(
         for _ in 0..threads.clamp(1, 16) {
             let receiver = receiver.clone();
             let failures = &failures;
+            let pack_damage = &pack_damage;
+            let quarantined_packs = &quarantined_packs;
             scope.spawn(move || {
                 let mut decoder = BlobDecoder::new();
                 for (pack, copies, bytes) in receiver {
                     let name = index.pack_name(pack);
                     let mut found = Vec::new();
+                    let mut hash_matches = true;
+                    let mut header_problem = None;
                     match bytes {
                         Err(reason) => {
                             for (chunk, location) in &copies {
@@ -363,8 +398,8 @@ fn read_and_check_packs(
                             }
                         }
                         Ok(bytes) => {
-                            let hash_matches = blake3::hash(&bytes).to_hex().as_str() == name;
-                            let header_problem = read_header(crypto, &bytes).err();
+                            hash_matches = blake3::hash(&bytes).to_hex().as_str() == name;
+                            header_problem = header_damage(crypto, &bytes);
                             // Each blob is opened once; every chunk taken from it is checked.
                             let mut opened: Option<(u32, std::result::Result<Vec<u8>, String>)> =
                                 None;
@@ -406,7 +441,7 @@ fn read_and_check_packs(
                                             "; the pack's content no longer matches its name",
                                         );
                                     }
-                                    if let Some(problem) = &header_problem {
+                                    if let Some((_, problem)) = &header_problem {
                                         reason.push_str(&format!("; pack header: {problem}"));
                                     }
                                     found.push((
@@ -416,6 +451,25 @@ fn read_and_check_packs(
                                 }
                             }
                         }
+                    }
+                    // Damage outside the blobs (header, trailer, magic, gaps): no chunk
+                    // read fails, but geo-sync and prune refuse the pack. A mismatched
+                    // hash is explained by a failing or quarantined blob, if there is one.
+                    let unexplained_hash = !hash_matches
+                        && found.is_empty()
+                        && !quarantined_packs.contains(name);
+                    if header_problem.is_some() || unexplained_hash {
+                        let (offset, detail) = match &header_problem {
+                            Some((offset, reason)) => (
+                                Some(*offset),
+                                format!("{reason}; geo-sync refuses this pack and prune cannot repack it"),
+                            ),
+                            None => (
+                                None,
+                                "the pack's content no longer matches its name (BLAKE3) although its header and blobs check good; geo-sync refuses it".to_string(),
+                            ),
+                        };
+                        pack_damage.lock().expect("not poisoned").push((pack, offset, detail));
                     }
                     failures.lock().expect("not poisoned").extend(found);
                 }
@@ -440,9 +494,10 @@ fn read_and_check_packs(
         bytes_read
     });
     progress.finish();
-    Ok((
+    Ok(PackCheck {
         bytes_read,
-        failures.into_inner().expect("not poisoned"),
+        failures: failures.into_inner().expect("not poisoned"),
         packs_checked,
-    ))
+        pack_damage: pack_damage.into_inner().expect("not poisoned"),
+    })
 }

@@ -1,18 +1,39 @@
 //! Printing: JSON for scripts, text for people, and errors.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
+
+/// Set once standard output cannot be written: nothing more is tried.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to standard output and flushes it. A reader that went away (broken pipe)
+/// silences the rest of the output without a word, as Unix tools do; any other failure
+/// (a full disk behind a redirection) is said once on standard error. Either way the
+/// command goes on: a backup whose listing nobody reads still completes.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if error.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("warning: cannot write to standard output ({error}); the command goes on");
+        }
+    }
+}
 
 /// Prints `value` as one pretty JSON document on standard output.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Prints `value` as JSON on one line (one line per event, for commands that keep going).
 pub fn print_json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    use std::io::Write;
-    println!("{}", serde_json::to_string(value)?);
-    std::io::stdout().flush()?;
+    say!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 
@@ -21,7 +42,7 @@ pub fn print_error(error: &anyhow::Error, json: bool) {
     let message = format!("{error:#}");
     eprintln!("error: {message}");
     if json {
-        println!("{}", serde_json::json!({ "error": message }));
+        say!("{}", serde_json::json!({ "error": message }));
     }
 }
 

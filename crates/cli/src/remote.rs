@@ -6,7 +6,7 @@
 //! daemon runs it with `--json`, so the output is the command's JSON report (pretty-printed
 //! unless `--json` was given).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -117,13 +117,10 @@ pub fn run(global: &GlobalOptions, url: &str) -> anyhow::Result<u8> {
         eprint!("\r\x1b[2K");
     }
     let output = job["output"].as_str().unwrap_or_default();
-    let mut stdout = std::io::stdout().lock();
     if !output.is_empty() {
         match serde_json::from_str::<Value>(output) {
-            Ok(value) if !global.json => {
-                writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?)?
-            }
-            _ => writeln!(stdout, "{output}")?,
+            Ok(value) if !global.json => say!("{}", serde_json::to_string_pretty(&value)?),
+            _ => say!("{output}"),
         }
     }
     if let Some(errors) = job["errors"].as_str().filter(|e| !e.is_empty()) {

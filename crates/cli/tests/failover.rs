@@ -183,6 +183,16 @@ max_point_age_seconds = 600
     assert_eq!(web1["region"], "east");
     assert_eq!(web1["epoch"], 1);
     assert_eq!(web1["instant"], true);
+    // East is pruned while the instant VM boots from its point's export: the older points
+    // go, and whatever prune queues for deletion waits for the export to end.
+    harness.json(&["forget", "--vm", "web1", "--keep-last", "1"]);
+    let prune = harness.json(&["prune"]);
+    if prune["packs_pending"].as_u64().unwrap() > 0 {
+        assert!(
+            prune["waiting_for"].to_string().contains("export"),
+            "{prune}"
+        );
+    }
     // The guest booted in east and shows the last write made before the cut.
     let serial = PathBuf::from(web1["serial_log"].as_str().unwrap());
     let deadline = Instant::now() + Duration::from_secs(180);

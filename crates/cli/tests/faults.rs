@@ -98,6 +98,65 @@ fn a_missing_disk_is_named() {
 }
 
 #[test]
+fn what_is_not_a_disk_is_refused_and_a_one_byte_file_is_named() {
+    let harness = Harness::new();
+    let empty = harness.path("empty.raw");
+    std::fs::write(&empty, b"").unwrap();
+    let folder = harness.path("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let one_byte = harness.path("one.raw");
+    std::fs::write(&one_byte, b"x").unwrap();
+    let zero_size = harness.path("zero.qcow2");
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&zero_size)
+        .arg("0")
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let cases = [
+        (Path::new("/dev/null"), "it is a character device"),
+        (empty.as_path(), "it is an empty file (0 bytes)"),
+        (
+            zero_size.as_path(),
+            "its virtual size is 0 bytes (qcow2 image)",
+        ),
+        (
+            one_byte.as_path(),
+            "it is a 1-byte file, not a whole number of 512-byte sectors",
+        ),
+        (folder.as_path(), "it is a folder"),
+    ];
+    for (path, reason) in cases {
+        let (code, _, stderr) = harness.run(&["backup", "--vm", "n", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{path:?}: {stderr}");
+        assert!(stderr.contains("is not a disk to back up"), "{stderr}");
+        assert!(stderr.contains(reason), "{path:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(harness.points().is_empty(), "no point records nothing");
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_command_quietly() {
+    let harness = Harness::new();
+    let disk = harness.copy_image("fs.qcow2");
+    harness.backup("vm", &[&disk]);
+    // The reader is gone before the command prints anything.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = harness
+        .command()
+        .args(["--json", "points"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "nothing said about the pipe: {stderr}");
+}
+
+#[test]
 fn a_wrong_or_missing_password_is_refused_clearly() {
     let harness = Harness::new();
     let image = harness.copy_image("random.raw");
@@ -219,6 +278,87 @@ fn a_flipped_byte_is_named_by_verify_refused_by_restore_and_healed_by_the_next_b
         let report = harness.json(&["verify", "--read-data"]);
         assert_eq!(report["damage"].as_array().unwrap().len(), 0, "{report}");
         assert_eq!(report["quarantined_copies"], damaged_chunks.len());
+    }
+}
+
+/// verify --read-data checked blobs only: a pack cut short or with a flipped byte in its
+/// header or magic passed (exit 0), while geo-sync refused the same pack.
+#[test]
+fn damage_to_a_packs_header_trailer_or_magic_is_named_by_verify() {
+    // (what, damage done to a pack of length L, offset verify must name from the new L)
+    type Damage = fn(&Path, u64);
+    type Named = fn(u64) -> u64;
+    let cases: [(&str, Damage, Named); 3] = [
+        (
+            "cut short by a byte",
+            |pack, length| {
+                OpenOptions::new()
+                    .write(true)
+                    .open(pack)
+                    .unwrap()
+                    .set_len(length - 1)
+                    .unwrap()
+            },
+            |length| length - 8,
+        ),
+        (
+            "a flipped byte in the magic",
+            |pack, length| flip_byte(pack, length - 3),
+            |length| length - 8,
+        ),
+        (
+            "a flipped byte in the sealed header",
+            |pack, length| flip_byte(pack, length - 12 - 5),
+            |_| u64::MAX,
+        ),
+    ];
+    for (what, damage, offset) in cases {
+        let harness = Harness::new();
+        let image = harness.copy_image("random.raw");
+        let point = text(&harness.backup("vm", &[&image]), "point");
+        let pack = packs(&harness.repository).remove(0);
+        let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+        damage(&pack, std::fs::metadata(&pack).unwrap().len());
+        let length = std::fs::metadata(&pack).unwrap().len();
+
+        let output = harness
+            .command()
+            .args(["--json", "verify", "--read-data"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{what}: verify exits 3 on damage"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let found = report["damage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "damaged-pack")
+            .unwrap_or_else(|| panic!("{what}: {report:#}"))
+            .clone();
+        assert_eq!(found["pack"], name.as_str(), "{what}");
+        let named = found["offset"].as_u64().unwrap();
+        match offset(length) {
+            u64::MAX => assert!(
+                named < length - 12,
+                "{what}: the header starts before the trailer: {found}"
+            ),
+            expected => assert_eq!(named, expected, "{what}: {found}"),
+        }
+        // The blobs are whole: the point restores; geo-sync refuses the pack, as verify said.
+        let target = harness.path("restored");
+        harness.restore(&point, &target, &[]);
+        assert!(identical(&image, &target.join("random.raw")), "{what}");
+        let copy = harness.path("copy");
+        let (_, stdout, stderr) =
+            harness.run(&["--json", "geo-sync", "--to", copy.to_str().unwrap()]);
+        assert!(
+            stdout.contains(&name) || stderr.contains(&name),
+            "{what}: {stdout}{stderr}"
+        );
     }
 }
 

@@ -483,3 +483,205 @@ fn output_on_a_terminal_shows_a_progress_bar_with_throughput_and_eta() {
     );
     assert!(terminal.contains("point "), "{terminal}");
 }
+
+/// Starts `lifeboat ARGUMENTS` and stops it (SIGSTOP) once it reports its first progress:
+/// it has loaded the chunk map it reads with and begun reading.
+fn paused(
+    harness: &Harness,
+    arguments: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut child = harness
+        .command()
+        .args(arguments)
+        .env("LIFEBOAT_PROGRESS", "lines")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "{arguments:?} ended before its progress"
+        );
+        if line.starts_with("lifeboat-progress ") {
+            break;
+        }
+    }
+    signal(&child, "STOP");
+    (child, stderr)
+}
+
+/// Kills the processes (stopped ones too) when a test ends, passed or failed.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Readers held no lease once: prune deleted the packs it had just repacked while a
+/// restore, an export, a verify or a geo-sync still read them ("pack … is missing", I/O
+/// errors in qemu).
+#[test]
+fn prune_that_repacks_beside_readers_keeps_what_they_read() {
+    let harness = Harness::new();
+    let image = harness.copy_image("random.raw");
+    let first = text(&harness.backup("vm", &[&image]), "point");
+    // Rewrite 6 of the 8 compression groups (2 MiB each): the first point's pack becomes
+    // mostly unneeded, so prune repacks what the second point still needs and queues it.
+    let mut script = Vec::new();
+    for group in (0..8u64).filter(|g| *g != 2 && *g != 5) {
+        script.extend([
+            "-c".to_string(),
+            format!("write -P {} {} 2M", group + 1, group << 21),
+        ]);
+    }
+    let output = Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args(&script)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let second = text(&harness.backup("vm", &[&image]), "point");
+
+    // Readers of the second point, each past loading its chunk map.
+    let (mut exporting, announcement) = export(&harness, &second, "127.0.0.1:0");
+    let uri = announcement["exports"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = harness.path("restored");
+    let target_text = target.display().to_string();
+    let (restoring, restore_log) = paused(
+        &harness,
+        &["--json", "restore", &second, "--target", &target_text],
+    );
+    let (verifying, verify_log) = paused(&harness, &["--json", "verify", "--read-data"]);
+    // A geo-sync to a new copy, stopped once it holds its reader's lease in the source.
+    let copy = harness.path("copy");
+    let syncing = harness
+        .command()
+        .args([
+            "--json",
+            "geo-sync",
+            "--to",
+            copy.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reap = KillOnDrop(vec![
+        exporting.id(),
+        restoring.id(),
+        verifying.id(),
+        syncing.id(),
+    ]);
+    let locks = harness.repository.join("locks");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&locks).unwrap().any(|lease| {
+        std::fs::read_to_string(lease.unwrap().path())
+            .is_ok_and(|l| l.contains("\"operation\":\"geo-sync\""))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "geo-sync never took its reader's lease"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(&syncing, "STOP");
+
+    // The first point goes; prune repacks and deletes nothing the readers use.
+    let forget = harness.json(&["forget", "--vm", "vm", "--keep-last", "1"]);
+    assert_eq!(forget["removed"][0]["point"], first.as_str());
+    let prune = harness.json(&["prune"]);
+    assert!(number(&prune, "packs_repacked") > 0, "{prune}");
+    assert!(number(&prune, "packs_pending") > 0, "{prune}");
+    let waiting = prune["waiting_for"].to_string();
+    for reader in ["restore", "export", "verify", "geo-sync"] {
+        assert!(waiting.contains(reader), "{waiting}");
+    }
+
+    // qemu reads the export bit-exact, the restore and the verify finish cleanly.
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", &uri])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    for (child, log) in [(restoring, restore_log), (verifying, verify_log)] {
+        signal(&child, "CONT");
+        let output = child.wait_with_output().unwrap();
+        let rest: String = log.lines().map(|l| l.unwrap() + "\n").collect();
+        assert!(output.status.success(), "{rest}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if let Some(damage) = report.get("damage") {
+            assert_eq!(damage.as_array().unwrap().len(), 0, "{report:#}");
+        }
+    }
+    assert!(identical(&image, &target.join("random.raw")));
+    signal(&syncing, "CONT");
+    let synced = syncing.wait_with_output().unwrap();
+    assert!(
+        synced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    let from_copy = harness.path("from-copy");
+    let restored = harness
+        .command()
+        .env("LIFEBOAT_REPO", &copy)
+        .args(["restore", &second, "--target", from_copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert!(identical(&image, &from_copy.join("random.raw")));
+    exporting.kill().unwrap();
+    exporting.wait().unwrap();
+
+    // With the readers gone (the export killed: its lease is stale at once), the old
+    // packs go, and what is kept still restores.
+    let prune = harness.json(&["prune"]);
+    assert!(number(&prune, "packs_deleted") > 0, "{prune}");
+    assert_eq!(prune["packs_pending"], 0, "{prune}");
+    let again = harness.path("again");
+    harness.restore(&second, &again, &[]);
+    assert!(identical(&image, &again.join("random.raw")));
+    assert_eq!(
+        harness.json(&["verify", "--read-data"])["damage"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}

@@ -336,19 +336,45 @@ script = "echo warm >> actions.log"
 
 #[test]
 fn a_test_failover_runs_isolated_copies_in_a_dns_view_of_its_own_and_cleanup_removes_them() {
-    let site = Site::new("");
+    let site = Site::new(
+        r#"
+[[plan.action]]
+after = 1
+script = "echo \"$LIFEBOAT_OPERATION\" >> actions.log"
+"#,
+    );
     site.points_in_east();
     let (_server, port, _) = dns_server(&site.harness, &site.config);
-    let test = site.ok(&[
-        "failover",
-        "--plan",
-        "shop",
-        "--to",
-        "east",
-        "--test",
-        "--instant",
-    ]);
-    assert_eq!(test["state"], "succeeded");
+    // Run from the configuration's folder with its bare file name: the plan's script runs
+    // in that folder all the same.
+    let output = site
+        .harness
+        .command()
+        .env_remove("LIFEBOAT_REPO")
+        .current_dir(site.config.parent().unwrap())
+        .args(["--config", "lifeboat.toml", "--json"])
+        .args([
+            "failover",
+            "--plan",
+            "shop",
+            "--to",
+            "east",
+            "--test",
+            "--instant",
+        ])
+        .output()
+        .unwrap();
+    let test: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(test["state"], "succeeded", "{test:#}");
+    assert_eq!(
+        std::fs::read_to_string(site.harness.path("actions.log")).unwrap(),
+        "test-failover\n"
+    );
     assert!(
         test["vms"]
             .as_array()

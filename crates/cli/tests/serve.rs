@@ -671,9 +671,21 @@ fn schemathesis_finds_no_server_error_nor_a_response_outside_the_openapi_documen
     // Some jobs to find.
     jobs_until(&address, "a backup", |jobs| !jobs.is_empty());
     let token = user(&harness, &config, "fuzzer", "admin", &[]);
+    // Every check, on every operation but one: a job's command is a list of strings in the
+    // schema but a lifeboat command line in truth, and one that does not parse is a
+    // documented 400 that the schema cannot express.
+    let settings = harness.path("schemathesis.toml");
+    std::fs::write(
+        &settings,
+        "[checks]\nenabled = true\n\n[[operations]]\ninclude-path = \"/api/jobs\"\ninclude-method = \"POST\"\n\
+         checks.positive_data_acceptance.enabled = false\n",
+    )
+    .unwrap();
     let output = std::process::Command::new(&schemathesis)
+        .arg("--config-file")
+        .arg(&settings)
         .args(["run", &format!("http://{address}/api/openapi.json")])
-        .args(["--checks", "all", "--max-examples", "25"])
+        .args(["--max-examples", "25"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .output()
         .unwrap();

@@ -25,6 +25,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The folder of the file at `path`; `.` for a bare file name, whose parent is empty.
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// The default file name, looked for in the working directory.
 pub const DEFAULT_FILE_NAME: &str = "lifeboat.toml";
 
@@ -114,6 +121,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The folder relative paths in the file are resolved against: the file's folder, or
+    /// `.` when the file was named without one (`--config lifeboat.toml`).
+    pub fn directory(&self) -> &Path {
+        folder_of(&self.path)
+    }
+
     /// The region called `name`.
     pub fn region(&self, name: &str) -> Result<&Region, ConfigError> {
         self.regions
@@ -225,8 +238,11 @@ fn local() -> Spanned<Redundancy> {
     Spanned::new(0..0, Redundancy::Local)
 }
 
-/// Reads and checks a configuration file.
+/// Reads and checks a configuration file. Its path is made absolute first, so that what
+/// the file names relative to its folder (state, certificates, plan scripts) stays where it
+/// is for every child and VM, whatever their working folder.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
         path: path.to_path_buf(),
         source,
@@ -388,10 +404,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
-    let directory = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let directory = folder_of(path);
     let state_directory = match file
         .settings
         .as_ref()

@@ -26,6 +26,9 @@ pub enum DiskError {
     #[error("disk image {path} cannot be read as a disk image: {detail}")]
     Unreadable { path: PathBuf, detail: String },
 
+    #[error("{path} is not a disk to back up: {detail}")]
+    NotADisk { path: PathBuf, detail: String },
+
     #[error(
         "{tool} is needed for disk image {path} but could not be run: {source}; install qemu-utils"
     )]

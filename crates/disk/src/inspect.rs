@@ -42,8 +42,14 @@ pub struct ImageInfo {
 }
 
 /// Runs `qemu-img info` on `path`.
+///
+/// Refuses what is not a disk before qemu sees it (character devices such as `/dev/null`,
+/// pipes, sockets, folders, empty files) and after (a virtual size of zero, a raw file that
+/// is not a whole number of 512-byte sectors): backing such a thing up would record a
+/// point that holds nothing.
 pub fn inspect(path: &Path) -> Result<ImageInfo> {
     let path = absolute(path)?;
+    let file_size = refuse_what_is_not_a_disk(&path)?;
     let output = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(&path)
@@ -64,7 +70,67 @@ pub fn inspect(path: &Path) -> Result<ImageInfo> {
             path: path.clone(),
             detail: format!("qemu-img printed unparsable information: {e}"),
         })?;
-    parse_info(&path, &json)
+    let info = parse_info(&path, &json)?;
+    let not_a_disk = |detail: String| DiskError::NotADisk {
+        path: path.clone(),
+        detail,
+    };
+    if info.virtual_size_bytes == 0 {
+        return Err(not_a_disk(format!(
+            "its virtual size is 0 bytes ({} image): there is nothing to back up",
+            info.format.name()
+        )));
+    }
+    if info.format == Format::Raw
+        && let Some(size) = file_size
+        && size % 512 != 0
+    {
+        return Err(not_a_disk(format!(
+            "it is a {size}-byte file, not a whole number of 512-byte sectors, so not a raw \
+             disk image (a truncated copy, or a file that is not a disk?)"
+        )));
+    }
+    Ok(info)
+}
+
+/// Refuses a path that is not a regular file or block device, or an empty file; returns
+/// the size of a regular file.
+fn refuse_what_is_not_a_disk(path: &Path) -> Result<Option<u64>> {
+    use std::os::unix::fs::FileTypeExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DiskError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => {
+            return Err(DiskError::Unreadable {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            });
+        }
+    };
+    let kind = metadata.file_type();
+    let refused = |what: &str| DiskError::NotADisk {
+        path: path.to_path_buf(),
+        detail: format!("it is {what}; give a disk image file or a block device"),
+    };
+    if kind.is_block_device() {
+        Ok(None)
+    } else if kind.is_char_device() {
+        Err(refused("a character device"))
+    } else if kind.is_fifo() {
+        Err(refused("a pipe"))
+    } else if kind.is_socket() {
+        Err(refused("a socket"))
+    } else if kind.is_dir() {
+        Err(refused("a folder"))
+    } else if metadata.len() == 0 {
+        Err(refused("an empty file (0 bytes)"))
+    } else {
+        Ok(Some(metadata.len()))
+    }
 }
 
 /// Turns qemu's complaint about an image into the matching error.

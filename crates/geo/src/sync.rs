@@ -61,6 +61,8 @@ pub struct SyncReport {
     pub points_copied: Vec<String>,
     /// Points the copy still lacks, with the reason.
     pub pending: Vec<PendingPoint>,
+    /// Points forgotten at the source while the round ran: not copied.
+    pub points_forgotten: Vec<String>,
     pub packs_copied: usize,
     pub bytes_copied: u64,
     /// The newest moment up to which the copy holds every point of the source.
@@ -181,7 +183,9 @@ pub fn geo_sync(
         .cloned()
         .collect();
 
-    // Where each needed chunk is stored at the source.
+    // Where each needed chunk is stored at the source; the source's prune deletes none of
+    // those packs while this round reads them.
+    let _reading = source.lock_read("geo-sync");
     let source_index = source.load_read_index()?.chunks;
     let mut pending: BTreeMap<String, PendingPoint> = BTreeMap::new();
     let mut work = Vec::new();
@@ -309,9 +313,18 @@ pub fn geo_sync(
                 )?;
             }
         }
-        let manifest = source
+        let manifest = match source
             .storage()
-            .read(ObjectKind::Point, &item.manifest.point)?;
+            .read(ObjectKind::Point, &item.manifest.point)
+        {
+            Ok(manifest) => manifest,
+            // Forgotten at the source since the round listed it: not copied.
+            Err(error) if error.is_not_found() => {
+                report.points_forgotten.push(item.manifest.point.clone());
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         Manifest::decode(copy.crypto(), &item.manifest.point, manifest.clone()).map_err(
             |reason| {
                 RepositoryError::damaged(

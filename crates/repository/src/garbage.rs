@@ -10,7 +10,8 @@
 //! against packs it names. A later prune deletes a recorded pack only when
 //!
 //! 1. every lease that was alive when the record was written is gone (those backups have
-//!    committed or died), and
+//!    committed or died; those readers — restores, exports, verifies, geo-syncs — which
+//!    may hold a chunk map naming the packs, have ended), and
 //! 2. the pack is still unreferenced by every committed point (a backup that committed in
 //!    between may have rescued it; then the pack is simply kept).
 

@@ -157,6 +157,26 @@ impl ChunkIndex {
         )
     }
 
+    /// Puts the copies in packs for which `last(pack id)` holds after the others, so
+    /// readers try them only when no other copy is good.
+    pub fn try_last_where(&mut self, last: impl Fn(&str) -> bool) {
+        let pack_names = &self.pack_names;
+        let demoted = |location: &ChunkLocation| last(&pack_names[location.pack as usize]);
+        for (chunk, alternates) in self.alternates.iter_mut() {
+            let primary = self
+                .primary
+                .get_mut(chunk)
+                .expect("alternates have a primary");
+            if !demoted(primary) {
+                continue;
+            }
+            if let Some(better) = alternates.iter().position(|l| !demoted(l)) {
+                let promoted = alternates.remove(better);
+                alternates.push(std::mem::replace(primary, promoted));
+            }
+        }
+    }
+
     /// Drops copies for which `unusable(chunk, pack id)` holds: quarantined blobs, packs
     /// queued for deletion. A chunk left with no usable copy disappears from the index, so a
     /// backup stores it again.
@@ -213,5 +233,20 @@ mod tests {
         assert_eq!(location.blob_offset, 40);
         index.remove_where(|_, pack| pack == "pack-b");
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn copies_in_packs_awaiting_deletion_are_tried_last() {
+        let mut index = ChunkIndex::default();
+        index.insert("old", &entry(1, 0));
+        index.insert("new", &entry(1, 40));
+        index.insert("old", &entry(2, 10));
+        index.try_last_where(|pack| pack == "old");
+        let locations = index.locations(&ChunkId([1; 32]));
+        assert_eq!(index.pack_name(locations[0].pack), "new");
+        assert_eq!(index.pack_name(locations[1].pack), "old");
+        // The only copy stays where it is.
+        let only = index.locate(&ChunkId([2; 32])).unwrap();
+        assert_eq!(index.pack_name(only.pack), "old");
     }
 }

@@ -12,10 +12,12 @@
 //! | backup    | `backup-<vm hash>`, exclusive per VM | backups of other VMs, restore, verify, prune |
 //! | prune     | `prune`, exclusive       | backups, restores, verify                        |
 //! | geo-sync into a copy | `geo-sync`, exclusive | prune of the copy (which waits for it)     |
-//! | read-only | none                     | everything                                       |
+//! | restore, export, verify, geo-sync's source | `read-<random>`, one per reader | everything; prune waits for it |
+//! | listing points, status | none            | everything                                       |
 //!
 //! Prune reads every live lease to decide when the second phase of a deletion is safe
-//! (see `garbage.rs`).
+//! (see `garbage.rs`): packs recorded for deletion while a reader runs stay until it ends,
+//! so the chunk map it loaded at its start never names a pack that is gone.
 
 use std::sync::Arc;
 use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};

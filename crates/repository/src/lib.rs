@@ -64,6 +64,7 @@ pub use disk_index::DiskIndex;
 pub use epoch::{Claim, EpochRecord};
 pub use error::{RepositoryError, Result};
 pub use index::{ChunkIndex, ChunkLocation, ChunkMap, ChunkSet};
+pub use lease::Lease;
 pub use lifeboat_storage::{LocalDirectory, ObjectInfo, ObjectKind, Storage, StorageError};
 pub use manifest::{BackupStatistics, Consistency, DiskEntry, Manifest};
 pub use repository::{DamagedObject, InitOptions, LoadedIndex, PointList, Repository};

@@ -201,6 +201,29 @@ pub fn read_header(crypto: &Crypto, pack: &[u8]) -> Result<Vec<PackEntry>, Strin
     Ok(entries)
 }
 
+/// Where a pack's header or trailer is damaged, and how: `None` when `read_header` reads
+/// it. The offset is the first byte of the part that fails (magic, header length, sealed
+/// header).
+pub fn header_damage(crypto: &Crypto, pack: &[u8]) -> Option<(u64, String)> {
+    let reason = read_header(crypto, pack).err()?;
+    let length = pack.len();
+    let offset = if length < TRAILER_BYTES {
+        0
+    } else if &pack[length - 8..] != PACK_MAGIC {
+        length - 8
+    } else {
+        let header_bytes = u32::from_le_bytes(
+            pack[length - TRAILER_BYTES..length - 8]
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+        length
+            .checked_sub(TRAILER_BYTES + header_bytes)
+            .unwrap_or(length - TRAILER_BYTES)
+    };
+    Some((offset as u64, reason))
+}
+
 /// Appends `groups` (see the module documentation) for `entries`, which hold every member
 /// of each blob, in order, blob after blob.
 pub fn encode_entries(entries: &[PackEntry], out: &mut Vec<u8>) {

@@ -453,6 +453,30 @@ impl Repository {
         )
     }
 
+    /// Takes a reader's lease (shared: each reader has its own), held by everything that
+    /// reads packs for longer than a moment — restore, export (and the instant disks served
+    /// from it), verify, a geo-sync's source. A prune deletes no pack recorded while a
+    /// reader's lease is alive, so the chunk map a reader loaded stays true until it ends.
+    /// Taken before the reader loads its chunk map. A repository that refuses the write (a
+    /// read-only mount or credentials) is read without one: a prune run meanwhile from
+    /// elsewhere can then make the read fail, never return wrong bytes.
+    pub fn lock_read(&self, operation: &str) -> Option<Lease> {
+        let mut suffix = [0u8; 8];
+        fill_random(&mut suffix);
+        let name = format!("read-{}", hex::encode(suffix));
+        match Lease::acquire(Arc::clone(&self.storage), &name, operation, operation) {
+            Ok(lease) => Some(lease),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot take a reader's lease in {}: a prune run meanwhile could make this {operation} fail",
+                    self.location()
+                );
+                None
+            }
+        }
+    }
+
     /// Takes the repository's exclusive prune lease.
     pub fn lock_prune(&self) -> Result<Lease> {
         Lease::acquire(Arc::clone(&self.storage), "prune", "prune", "prune")
@@ -539,9 +563,19 @@ impl Repository {
         self.load_index_without(&doomed)
     }
 
-    /// The chunk map for reading: every copy except quarantined ones.
+    /// The chunk map for reading: every copy except quarantined ones, copies in packs
+    /// awaiting deletion tried last (a repacked chunk is read from its new pack).
     pub fn load_read_index(&self) -> Result<LoadedIndex> {
-        self.load_index_without(&HashSet::new())
+        let doomed: HashSet<String> = self
+            .list_garbage()?
+            .into_iter()
+            .flat_map(|(_, record)| record.packs)
+            .collect();
+        let mut loaded = self.load_index_without(&HashSet::new())?;
+        if !doomed.is_empty() {
+            loaded.chunks.try_last_where(|pack| doomed.contains(pack));
+        }
+        Ok(loaded)
     }
 
     /// Every copy except quarantined ones and those in `excluded_packs`.

@@ -18,7 +18,7 @@ pub fn run(global: &GlobalOptions, arguments: &BackupArguments) -> anyhow::Resul
     if global.json {
         print_json(&report)?;
     } else {
-        println!(
+        say!(
             "point {} of VM '{}' at {}{}",
             report.point,
             report.vm,
@@ -30,7 +30,7 @@ pub fn run(global: &GlobalOptions, arguments: &BackupArguments) -> anyhow::Resul
                 .unwrap_or_default()
         );
         for disk in &report.disks {
-            println!(
+            say!(
                 "  {:<24} {:<6} {:>10}  read {:>10} ({})",
                 disk.name,
                 disk.format,
@@ -39,7 +39,7 @@ pub fn run(global: &GlobalOptions, arguments: &BackupArguments) -> anyhow::Resul
                 disk.mode
             );
         }
-        println!(
+        say!(
             "read {}, new {}, stored {} in {:.1} s ({})",
             bytes(report.bytes_read),
             bytes(report.bytes_new),

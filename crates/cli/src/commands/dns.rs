@@ -158,7 +158,7 @@ pub fn run(global: &GlobalOptions, command: &DnsCommand) -> anyhow::Result<u8> {
                 print_json(&records)?;
             } else {
                 for record in &records {
-                    println!("{}\t{}\t{}", record.name, record.address, record.owner);
+                    say!("{}\t{}\t{}", record.name, record.address, record.owner);
                 }
             }
             Ok(0)

@@ -54,14 +54,12 @@ fn announce(
             .iter()
             .map(|n| json!({ "disk": n, "uri": uri(n) }))
             .collect();
-        println!("{}", json!({ "point": point, "exports": exports }));
+        say!("{}", json!({ "point": point, "exports": exports }));
     } else {
-        println!("serving point {point} read-only until interrupted:");
+        say!("serving point {point} read-only until interrupted:");
         for name in names {
-            println!("  {name}: {}", uri(name));
+            say!("  {name}: {}", uri(name));
         }
     }
-    use std::io::Write;
-    std::io::stdout().flush()?;
     Ok(())
 }

@@ -140,18 +140,18 @@ fn dry_run(
             "steps": run.steps,
         }))?;
     } else {
-        println!(
+        say!(
             "{} of plan '{}' to '{}' — dry run, nothing done",
             run.operation.as_str(),
             run.plan,
             run.region
         );
         for check in &checks {
-            println!("  {} {check}", if ok { "ok" } else { "FAILED" });
+            say!("  {} {check}", if ok { "ok" } else { "FAILED" });
         }
-        println!("It would run:");
+        say!("It would run:");
         for step in &run.steps {
-            println!("  [{}] {}", step.batch, step.action);
+            say!("  [{}] {}", step.batch, step.action);
         }
     }
     Ok(if ok { 0 } else { 1 })
@@ -174,7 +174,7 @@ fn execute(
     match outcome {
         Ok(Outcome::Succeeded) => {
             if !global.json {
-                println!(
+                say!(
                     "{} of plan '{}' to '{region}' done in {:.1} s",
                     operation.as_str(),
                     plan.name,
@@ -185,7 +185,7 @@ fn execute(
         }
         Ok(Outcome::Waiting { message }) => {
             if !global.json {
-                println!(
+                say!(
                     "Waiting for a manual step: {message}\nWhen it is done, run: lifeboat plan continue {}",
                     plan.name
                 );
@@ -206,8 +206,7 @@ fn execute_run(
     new: bool,
 ) -> anyhow::Result<(lifeboat_orchestration::Result<Outcome>, Value)> {
     let started = Instant::now();
-    let runner = Runner::lock(&config.state_directory, &plan.name)?
-        .scripts_in(config.path.parent().unwrap_or(std::path::Path::new(".")));
+    let runner = Runner::lock(&config.state_directory, &plan.name)?.scripts_in(config.directory());
     if new {
         if let Some(unfinished) = RunRecord::unfinished(&config.state_directory, &plan.name)? {
             bail!(
@@ -302,7 +301,7 @@ pub fn drill(global: &GlobalOptions, arguments: &crate::cli::DrillArguments) -> 
     if global.json {
         print_json(&report)?;
     } else {
-        println!(
+        say!(
             "drill of plan '{}' in '{}': {} in {:.1} s",
             plan.name,
             arguments.to,
@@ -311,7 +310,7 @@ pub fn drill(global: &GlobalOptions, arguments: &crate::cli::DrillArguments) -> 
         );
         for error in [&report["failover_error"], &report["cleanup_error"]] {
             if let Some(error) = error.as_str() {
-                println!("  {error}");
+                say!("  {error}");
             }
         }
     }
@@ -472,7 +471,7 @@ pub fn plan(global: &GlobalOptions, command: &crate::cli::PlanCommand) -> anyhow
             if global.json {
                 print_json(&json!({ "run": run.id, "state": run.state }))?;
             } else {
-                println!("run {} abandoned", run.id);
+                say!("run {} abandoned", run.id);
             }
             Ok(0)
         }
@@ -483,7 +482,7 @@ pub fn plan(global: &GlobalOptions, command: &crate::cli::PlanCommand) -> anyhow
             if global.json {
                 print_json(&report(&config, &plan, &run, 0.0)?)?;
             } else {
-                println!(
+                say!(
                     "run {}: {} of plan '{}' to '{}' by {}, {:?}",
                     run.id,
                     run.operation.as_str(),
@@ -493,7 +492,7 @@ pub fn plan(global: &GlobalOptions, command: &crate::cli::PlanCommand) -> anyhow
                     run.state
                 );
                 for step in &run.steps {
-                    println!(
+                    say!(
                         "  [{}] {:?} {}{}",
                         step.batch,
                         step.state,
@@ -526,7 +525,7 @@ pub fn audit(global: &GlobalOptions, arguments: &crate::cli::AuditArguments) -> 
         print_json(&events)?;
     } else {
         for event in &events {
-            println!(
+            say!(
                 "{} {} {} {}: {}{}",
                 event.time,
                 event.actor,
@@ -559,7 +558,7 @@ pub fn stop(global: &GlobalOptions, arguments: &crate::cli::VmStopArguments) -> 
     if global.json {
         print_json(&json!({ "vm": vm.name, "region": region, "clean": clean }))?;
     } else {
-        println!(
+        say!(
             "VM '{}' in region '{region}' stopped{}",
             vm.name,
             if clean {

@@ -22,7 +22,7 @@ pub fn run(global: &GlobalOptions, arguments: &ForgetArguments) -> anyhow::Resul
         return Ok(0);
     }
     for decision in &report.kept {
-        println!(
+        say!(
             "keep   {} {} ({})",
             &decision.point[..12],
             decision.time,
@@ -30,7 +30,7 @@ pub fn run(global: &GlobalOptions, arguments: &ForgetArguments) -> anyhow::Resul
         );
     }
     for decision in &report.removed {
-        println!(
+        say!(
             "{} {} {}",
             if report.dry_run {
                 "would remove"
@@ -41,7 +41,7 @@ pub fn run(global: &GlobalOptions, arguments: &ForgetArguments) -> anyhow::Resul
             decision.time
         );
     }
-    println!(
+    say!(
         "{} kept, {} {}; run 'lifeboat prune' to free their data",
         report.kept.len(),
         report.removed.len(),

@@ -76,7 +76,7 @@ fn show(global: &GlobalOptions, label: &str, report: &SyncReport) -> anyhow::Res
     if global.json {
         return print_json_line(report);
     }
-    println!(
+    say!(
         "{label}: copied {} points ({} packs, {}) in {:.1} s; last sync time {}",
         report.points_copied.len(),
         report.packs_copied,
@@ -85,13 +85,16 @@ fn show(global: &GlobalOptions, label: &str, report: &SyncReport) -> anyhow::Res
         report.last_sync_time
     );
     for pending in &report.pending {
-        println!(
+        say!(
             "  not copied: point {} of VM '{}' at {}: {}",
-            pending.point, pending.vm, pending.time, pending.reason
+            pending.point,
+            pending.vm,
+            pending.time,
+            pending.reason
         );
     }
     for problem in &report.problems {
-        println!("  problem: {problem}");
+        say!("  problem: {problem}");
     }
     Ok(())
 }

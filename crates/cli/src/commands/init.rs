@@ -32,7 +32,7 @@ pub fn run(global: &GlobalOptions, arguments: &InitArguments) -> anyhow::Result<
             "format_version": config.format_version,
         }))?;
     } else {
-        println!(
+        say!(
             "created repository {} (id {}, {}, chunks of {})",
             repository.location(),
             &config.repository_id[..8],
@@ -43,7 +43,7 @@ pub fn run(global: &GlobalOptions, arguments: &InitArguments) -> anyhow::Result<
             crate::output::bytes(config.chunk_size_bytes as u64)
         );
         if config.encryption == Encryption::Aes256Gcm {
-            println!("keep the password safe: without it the repository cannot be read");
+            say!("keep the password safe: without it the repository cannot be read");
         }
     }
     Ok(0)

@@ -67,12 +67,15 @@ pub fn run(global: &GlobalOptions, arguments: &PointsArguments) -> anyhow::Resul
         return Ok(0);
     }
     if points.is_empty() {
-        println!("no points");
+        say!("no points");
         return Ok(0);
     }
-    println!(
+    say!(
         "{:<12} {:<16} {:<24} {:<5} disks",
-        "point", "vm", "time", "kind"
+        "point",
+        "vm",
+        "time",
+        "kind"
     );
     for point in &points {
         let disks: Vec<String> = point
@@ -80,7 +83,7 @@ pub fn run(global: &GlobalOptions, arguments: &PointsArguments) -> anyhow::Resul
             .iter()
             .map(|d| format!("{} ({}, {})", d.name, d.format, bytes(d.virtual_size_bytes)))
             .collect();
-        println!(
+        say!(
             "{:<12} {:<16} {:<24} {:<5} {}",
             &point.point[..12],
             point.vm,

@@ -12,7 +12,7 @@ pub fn run(global: &GlobalOptions, _arguments: &PruneArguments) -> anyhow::Resul
         print_json(&report)?;
         return Ok(0);
     }
-    println!(
+    say!(
         "deleted {} packs ({}), repacked {} ({}); {} packs remain for {} points",
         report.packs_deleted,
         bytes(report.bytes_freed),
@@ -22,7 +22,7 @@ pub fn run(global: &GlobalOptions, _arguments: &PruneArguments) -> anyhow::Resul
         report.points
     );
     if report.packs_pending > 0 {
-        println!(
+        say!(
             "{} packs wait for running writers before deletion ({}); the next prune deletes them",
             report.packs_pending,
             report.waiting_for.join("; ")

@@ -16,7 +16,7 @@ fn show(global: &GlobalOptions, report: &ReceiveReport, always: bool) -> anyhow:
     if report.cuts == 0 && !always {
         return Ok(());
     }
-    println!(
+    say!(
         "group '{}': applied {} cuts ({}), made {} points; replicas hold every write up to {}{}",
         report.group,
         report.cuts,

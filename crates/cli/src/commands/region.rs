@@ -21,30 +21,31 @@ pub fn run(global: &GlobalOptions, command: &RegionCommand) -> anyhow::Result<u8
                 print_json(&report)?;
                 return Ok(0);
             }
-            println!(
+            say!(
                 "region {name} now uses {} (epoch {}), promoted from its geo copy",
-                report.repository, report.epoch
+                report.repository,
+                report.epoch
             );
-            println!(
+            say!(
                 "its former primary {} is no longer used",
                 report.previous_repository
             );
             match &report.last_sync_time {
-                Some(time) => println!("points made after {time} are lost"),
-                None => println!("the copy was never synced completely: points not in it are lost"),
+                Some(time) => say!("points made after {time} are lost"),
+                None => say!("the copy was never synced completely: points not in it are lost"),
             }
             for lost in &report.lost_points {
-                println!(
+                say!(
                     "  lost: point {} of VM '{}' at {}",
-                    lost.point, lost.vm, lost.time
+                    lost.point,
+                    lost.vm,
+                    lost.time
                 );
             }
             if let Some(hook) = &report.hook {
-                println!("on_storage_failover: {hook}");
+                say!("on_storage_failover: {hook}");
             }
-            println!(
-                "when the old primary is back, run 'lifeboat region reprotect --region {name}'"
-            );
+            say!("when the old primary is back, run 'lifeboat region reprotect --region {name}'");
         }
         RegionCommand::Reprotect(arguments) => {
             let region = config.region(name)?;
@@ -63,13 +64,13 @@ pub fn run(global: &GlobalOptions, command: &RegionCommand) -> anyhow::Result<u8
                 print_json(&report)?;
                 return Ok(0);
             }
-            println!(
+            say!(
                 "region {name}: {} is its geo copy again; copied {} points to it",
                 report.copy,
                 report.sync.points_copied.len()
             );
             for point in &report.divergent_points {
-                println!(
+                say!(
                     "  divergent: point {point} exists only in the old primary (made after the last sync); kept there"
                 );
             }

@@ -30,16 +30,16 @@ pub fn run(global: &GlobalOptions, arguments: &RestoreArguments) -> anyhow::Resu
     if global.json {
         print_json(&report)?;
     } else {
-        println!("restored point {} of VM '{}'", report.point, report.vm);
+        say!("restored point {} of VM '{}'", report.point, report.vm);
         for disk in &report.disks {
-            println!(
+            say!(
                 "  {} ({}, {})",
                 disk.path,
                 disk.format,
                 bytes(disk.virtual_size_bytes)
             );
         }
-        println!(
+        say!(
             "wrote {} in {:.1} s ({})",
             bytes(report.bytes_written),
             report.seconds,

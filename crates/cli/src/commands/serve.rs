@@ -71,7 +71,7 @@ pub fn add_user(global: &GlobalOptions, arguments: &UserAddArguments) -> anyhow:
             "token": token,
         }))?;
     } else {
-        println!(
+        say!(
             "user '{}' ({}); its token, shown once:\n{token}",
             arguments.name,
             role.as_str()

@@ -104,7 +104,7 @@ pub fn run(global: &GlobalOptions, _arguments: &StatusArguments) -> anyhow::Resu
 }
 
 fn show_region(region: &RegionStatus) {
-    println!(
+    say!(
         "region {} ({}, active: {:?}, epoch {}): {} {}",
         region.name,
         region.redundancy,
@@ -117,9 +117,9 @@ fn show_region(region: &RegionStatus) {
         }
     );
     match &region.copy {
-        None => println!("  no geo copy"),
+        None => say!("  no geo copy"),
         Some(copy) => {
-            println!(
+            say!(
                 "  copy {}: {}",
                 copy.location,
                 match &copy.error {
@@ -128,15 +128,15 @@ fn show_region(region: &RegionStatus) {
                 }
             );
             if let (Some(points), Some(behind)) = (copy.points_behind, copy.bytes_behind) {
-                println!("  behind: {points} points, {}", bytes(behind));
+                say!("  behind: {points} points, {}", bytes(behind));
             }
             match (&copy.last_sync_time, copy.seconds_behind) {
                 (Some(time), Some(seconds)) => {
-                    println!(
+                    say!(
                         "  last sync time: {time} ({seconds:.1} s ago): a storage failover now loses what came after"
                     )
                 }
-                _ => println!("  never synced: run 'lifeboat geo-sync'"),
+                _ => say!("  never synced: run 'lifeboat geo-sync'"),
             }
         }
     }
@@ -150,14 +150,14 @@ fn seconds(value: Option<f64>) -> String {
 
 fn show_replication(repository: &ReplicationStatus) {
     if let Some(error) = &repository.error {
-        println!(
+        say!(
             "replication in {}: cannot read ({error})",
             repository.repository
         );
         return;
     }
     for group in &repository.groups {
-        println!(
+        say!(
             "group {} in {}: RPO {}{} (threshold {}; latest committed cut {} ago), {} writes / {} pending, {} resync, shipping {}/s, sender seen {} ago",
             group.group,
             repository.repository,
@@ -172,7 +172,7 @@ fn show_replication(repository: &ReplicationStatus) {
             seconds(group.sender_seen_seconds_ago),
         );
         for vm in &group.vms {
-            println!(
+            say!(
                 "  vm {}: RPO {}{}, point {}, {} writes / {} pending, writing {}/s",
                 vm.vm,
                 seconds(vm.rpo_seconds),

@@ -24,7 +24,7 @@ pub fn run(global: &GlobalOptions, arguments: &VerifyArguments) -> anyhow::Resul
         print_json(&report)?;
         return Ok(code);
     }
-    println!(
+    say!(
         "checked {} points ({} disks), {} chunks, {} packs{}",
         report.points,
         report.disks,
@@ -37,24 +37,27 @@ pub fn run(global: &GlobalOptions, arguments: &VerifyArguments) -> anyhow::Resul
         }
     );
     if report.quarantined_copies > 0 {
-        println!(
+        say!(
             "{} quarantined copies are not needed: other copies are healthy",
             report.quarantined_copies
         );
     }
     if report.damage.is_empty() {
-        println!("no damage found");
+        say!("no damage found");
         return Ok(0);
     }
-    println!("DAMAGE FOUND ({} findings):", report.damage.len());
+    say!("DAMAGE FOUND ({} findings):", report.damage.len());
     for damage in &report.damage {
         let place = match (&damage.pack, damage.offset) {
             (Some(pack), Some(offset)) => format!(" in pack {pack} at offset {offset}"),
             _ => String::new(),
         };
-        println!(
+        say!(
             "  {} {}{}: {}",
-            damage.kind, damage.object, place, damage.detail
+            damage.kind,
+            damage.object,
+            place,
+            damage.detail
         );
         if !damage.points.is_empty() {
             let points: Vec<String> = damage
@@ -62,11 +65,9 @@ pub fn run(global: &GlobalOptions, arguments: &VerifyArguments) -> anyhow::Resul
                 .iter()
                 .map(|p| format!("{} (VM '{}')", p.point, p.vm))
                 .collect();
-            println!("    affects points: {}", points.join(", "));
+            say!("    affects points: {}", points.join(", "));
         }
     }
-    println!(
-        "damaged copies are quarantined; the next backup of the same data stores a healthy copy"
-    );
+    say!("damaged copies are quarantined; the next backup of the same data stores a healthy copy");
     Ok(code)
 }
