@@ -156,6 +156,65 @@ fn a_closed_standard_output_ends_the_command_quietly() {
     assert!(stderr.is_empty(), "nothing said about the pipe: {stderr}");
 }
 
+/// A repository folder of mode 000 was reported as "no repository at …".
+#[test]
+fn a_repository_denied_by_permissions_is_named_as_such_not_as_missing() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let harness = Harness::new();
+    let config = harness.path("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[region]]\nname = \"west\"\nrepository = \"{}\"\n",
+            harness.repository.display()
+        ),
+    )
+    .unwrap();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(&harness.path(""), 0o755);
+    mode(&config, 0o644);
+    mode(&harness.repository, 0o000);
+    // Root reads through any mode: run as nobody then.
+    let as_user = |arguments: &[&str]| {
+        let mut command = if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+            let mut command = Command::new("setpriv");
+            command
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_lifeboat"));
+            command
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        };
+        let output = command
+            .env("LIFEBOAT_PASSWORD", &harness.password)
+            .arg("--config")
+            .arg(&config)
+            .args(arguments)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), said)
+    };
+    let denied = format!(
+        "permission denied on {}/config",
+        harness.repository.display()
+    );
+    let (code, said) = as_user(&["--region", "west", "points"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains(&denied), "{said}");
+    assert!(said.contains("give the user Lifeboat runs as"), "{said}");
+    let (_, said) = as_user(&["status"]);
+    assert!(said.contains(&denied), "{said}");
+    assert!(!said.contains("no repository"), "{said}");
+    mode(&harness.repository, 0o700);
+}
+
 #[test]
 fn a_wrong_or_missing_password_is_refused_clearly() {
     let harness = Harness::new();

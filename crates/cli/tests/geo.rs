@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, identical, text};
+use common::{Harness, KillOnDrop, identical, paused, signal, text};
 use lifeboat_testing::{AzuriteServer, ObjectServer, S3Server};
 use serde_json::Value;
 
@@ -539,6 +539,90 @@ fn status_failover_backups_on_the_copy_and_reprotect() {
 
 /// Writes `value` over the whole of a 1 MiB raw image with qemu-io (which takes qemu's
 /// image locks, as a VM does), retrying while a backup holds the image.
+/// Every point of `source` made before `claim` is in `copy`.
+fn claim_holds(source: &[Value], copy: &[Value], claim: &str) -> bool {
+    source.iter().all(|point| {
+        text(point, "time").as_str() >= claim
+            || copy.iter().any(|held| held["point"] == point["point"])
+    })
+}
+
+/// A round beside a running backup took its own start for the last sync time, although
+/// the backup's point, older than that, was not in the copy.
+#[test]
+fn the_last_sync_time_never_claims_a_point_the_copy_lacks() {
+    let harness = Harness::uninitialised();
+    let config = regions(&harness, &harness.path("hook.txt"));
+    let west = || harness.in_region(&config, "west");
+    let copy = || {
+        let mut command = harness.command();
+        command.env("LIFEBOAT_REPO", harness.path("east/copies/west"));
+        command
+    };
+    let points = |mut command: Command| -> Vec<Value> {
+        let output = command.args(["--json", "points"]).output().unwrap();
+        serde_json::from_slice::<Value>(&output.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap()
+    };
+    ok(west(), &["init"]);
+    let short = harness.copy_image("fs.raw");
+    let long = harness.copy_image("random.raw");
+    json(
+        west(),
+        &["backup", "--vm", "short", short.to_str().unwrap()],
+    );
+    // Rounds beside a backup that ends within the round, and beside one that runs across
+    // it (stopped while it holds its lease and reads).
+    let (backup, _log) = paused(
+        west(),
+        &["--json", "backup", "--vm", "long", long.to_str().unwrap()],
+    );
+    let _reap = KillOnDrop(vec![backup.id()]);
+    let round = json(west(), &["geo-sync"]);
+    assert_eq!(
+        round["backups_running"].as_array().unwrap().len(),
+        1,
+        "{round}"
+    );
+    signal(&backup, "CONT");
+    let finished = backup.wait_with_output().unwrap();
+    assert!(finished.status.success());
+    let long_point: Value = serde_json::from_slice(&finished.stdout).unwrap();
+    let claim = text(&round, "last_sync_time");
+    assert!(
+        claim <= text(&long_point, "time"),
+        "{claim} claims the point of a backup running beside the round: {long_point}"
+    );
+    let source_points = points(west());
+    let copy_points = points(copy());
+    assert_eq!((source_points.len(), copy_points.len()), (2, 1));
+    assert!(claim_holds(&source_points, &copy_points, &claim));
+    // status says the same, and why.
+    let status = json(west(), &["status"]);
+    let copy_status = &status["regions"][0]["copy"];
+    assert_eq!(copy_status["last_sync_time"], claim.as_str());
+    assert_eq!(copy_status["points_behind"], 1);
+    let said = ok(west(), &["status"]);
+    assert!(said.contains("1 running backup(s)"), "{said}");
+
+    // A storage failover now names what it loses: the running backup's point.
+    std::fs::rename(harness.path("west"), harness.path("west-offline")).unwrap();
+    let failover = json(west(), &["region", "failover"]);
+    assert_eq!(failover["last_sync_time"], claim.as_str());
+    assert_eq!(
+        failover["lost_backups_running_since"],
+        round["backups_running"]
+    );
+    assert!(
+        failover["lost_backups_running_since"][0].as_str().unwrap()
+            <= text(&long_point, "time").as_str(),
+        "{failover}"
+    );
+}
+
 fn qemu_write(image: &Path, value: u8) {
     loop {
         let output = Command::new("qemu-io")

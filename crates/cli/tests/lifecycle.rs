@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, identical, number, text};
+use common::{Harness, KillOnDrop, identical, number, paused, signal, text};
 
 #[test]
 fn init_refuses_an_existing_repository_and_commands_refuse_a_missing_one() {
@@ -484,55 +484,6 @@ fn output_on_a_terminal_shows_a_progress_bar_with_throughput_and_eta() {
     assert!(terminal.contains("point "), "{terminal}");
 }
 
-/// Starts `lifeboat ARGUMENTS` and stops it (SIGSTOP) once it reports its first progress:
-/// it has loaded the chunk map it reads with and begun reading.
-fn paused(
-    harness: &Harness,
-    arguments: &[&str],
-) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
-    let mut child = harness
-        .command()
-        .args(arguments)
-        .env("LIFEBOAT_PROGRESS", "lines")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "{arguments:?} ended before its progress"
-        );
-        if line.starts_with("lifeboat-progress ") {
-            break;
-        }
-    }
-    signal(&child, "STOP");
-    (child, stderr)
-}
-
-/// Kills the processes (stopped ones too) when a test ends, passed or failed.
-struct KillOnDrop(Vec<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
-fn signal(child: &std::process::Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Readers held no lease once: prune deleted the packs it had just repacked while a
 /// restore, an export, a verify or a geo-sync still read them ("pack … is missing", I/O
 /// errors in qemu).
@@ -572,10 +523,10 @@ fn prune_that_repacks_beside_readers_keeps_what_they_read() {
     let target = harness.path("restored");
     let target_text = target.display().to_string();
     let (restoring, restore_log) = paused(
-        &harness,
+        harness.command(),
         &["--json", "restore", &second, "--target", &target_text],
     );
-    let (verifying, verify_log) = paused(&harness, &["--json", "verify", "--read-data"]);
+    let (verifying, verify_log) = paused(harness.command(), &["--json", "verify", "--read-data"]);
     // A geo-sync to a new copy, stopped once it holds its reader's lease in the source.
     let copy = harness.path("copy");
     let syncing = harness

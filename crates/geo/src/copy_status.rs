@@ -34,6 +34,10 @@ pub struct CopyStatusRecord {
     pub last_sync_time: String,
     /// Points the source had that the copy still lacks after the round.
     pub pending: Vec<PendingPoint>,
+    /// When each backup running at the source at the round's start began: their points
+    /// are not in the copy (absent from records written before it was kept).
+    #[serde(default)]
+    pub backups_running: Vec<String>,
     /// Points the source listed in the round.
     pub source_points: usize,
 }

@@ -49,6 +49,9 @@ pub struct FailoverReport {
     pub last_sync_time: Option<String>,
     /// Points the last geo-sync round knew at the source and had not copied: lost.
     pub lost_points: Vec<PendingPoint>,
+    /// Backups that were running at the source when the last round started, by start
+    /// time: their points (and any point made after the round) are lost too.
+    pub lost_backups_running_since: Vec<String>,
     /// Points the promoted copy holds.
     pub points: usize,
     /// What the `on_storage_failover` hook said, if there is one.
@@ -164,6 +167,10 @@ pub fn failover(
         previous_repository: places.active,
         epoch: region_state.epoch,
         last_sync_time: record.as_ref().map(|r| r.last_sync_time.clone()),
+        lost_backups_running_since: record
+            .as_ref()
+            .map(|r| r.backups_running.clone())
+            .unwrap_or_default(),
         lost_points: record.map(|r| r.pending).unwrap_or_default(),
         points,
         hook,

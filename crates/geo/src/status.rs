@@ -27,8 +27,12 @@ pub struct CopyStatus {
     pub points_behind: Option<usize>,
     /// Bytes of packs the copy lacks.
     pub bytes_behind: Option<u64>,
-    /// The newest moment up to which the copy holds every point (from the last round).
+    /// The newest moment up to which the copy holds every point (from the last round),
+    /// counting the backups that were running when it started.
     pub last_sync_time: Option<String>,
+    /// When each backup running at the last round's start began: their points are not in
+    /// the copy.
+    pub backups_running: Vec<String>,
     /// Seconds from the last sync time to now: the data-loss window of a storage failover.
     pub seconds_behind: Option<f64>,
     /// When the last round finished.
@@ -165,6 +169,10 @@ pub fn region_status(
             last_sync_time,
             seconds_behind,
             last_round_finished: record.as_ref().map(|r| r.round_finished.clone()),
+            backups_running: record
+                .as_ref()
+                .map(|r| r.backups_running.clone())
+                .unwrap_or_default(),
             pending: record.map(|r| r.pending).unwrap_or_default(),
         }
     });

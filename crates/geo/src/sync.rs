@@ -65,8 +65,12 @@ pub struct SyncReport {
     pub points_forgotten: Vec<String>,
     pub packs_copied: usize,
     pub bytes_copied: u64,
-    /// The newest moment up to which the copy holds every point of the source.
+    /// The newest moment up to which the copy holds every point of the source, counting
+    /// the backups that were running when the round started (their points are not in it).
     pub last_sync_time: String,
+    /// When each backup running at the source at the round's start began, oldest first:
+    /// its point, made after, is not in the copy.
+    pub backups_running: Vec<String>,
     /// Problems met (damaged source data, failed copies), each naming what and where.
     pub problems: Vec<String>,
     pub seconds: f64,
@@ -163,6 +167,9 @@ pub fn geo_sync(
         round_started: now(),
         ..SyncReport::default()
     };
+    // Backups running now commit points older than any listing that follows: they are
+    // read before the points, so none slips between the two.
+    report.backups_running = running_backups(source)?;
     let source_points = source.list_points()?;
     for damaged in &source_points.damaged {
         report.problems.push(format!(
@@ -346,14 +353,11 @@ pub fn geo_sync(
 
     report.pending = pending.into_values().collect();
     report.pending.sort_by(|a, b| a.time.cmp(&b.time));
-    // The copy holds every point up to the oldest one it still lacks (or up to the moment
-    // the source was listed, when it lacks none).
-    report.last_sync_time = report
-        .pending
-        .first()
-        .map(|p| p.time.clone())
-        .unwrap_or_else(|| report.round_started.clone())
-        .min(report.round_started.clone());
+    report.last_sync_time = last_sync_time(
+        &report.round_started,
+        report.pending.iter().map(|p| p.time.as_str()),
+        report.backups_running.iter().map(String::as_str),
+    );
     copy_status::write(
         copy.storage().as_ref(),
         &CopyStatusRecord {
@@ -362,11 +366,43 @@ pub fn geo_sync(
             round_finished: now(),
             last_sync_time: report.last_sync_time.clone(),
             pending: report.pending.clone(),
+            backups_running: report.backups_running.clone(),
             source_points: source_points.points.len(),
         },
     )?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The newest moment T such that every point made before T is in the copy: the round's
+/// start, or earlier, the time of the oldest point it still lacks or the start of the
+/// oldest backup that was running then (its point is made after it began). Times are
+/// RFC 3339 in UTC with milliseconds, so they order as strings.
+fn last_sync_time<'a>(
+    round_started: &'a str,
+    pending: impl Iterator<Item = &'a str>,
+    backups_running: impl Iterator<Item = &'a str>,
+) -> String {
+    pending
+        .chain(backups_running)
+        .fold(round_started, std::cmp::min)
+        .to_string()
+}
+
+/// When each backup holding a live lease at the source began, oldest first.
+fn running_backups(source: &Repository) -> Result<Vec<String>> {
+    let now = std::time::SystemTime::now();
+    let mut started: Vec<String> =
+        lifeboat_repository::lease::list_records(source.storage().as_ref())?
+            .into_iter()
+            .filter(|(_, record)| record.operation == "backup" && !record.is_stale(now))
+            .filter_map(|(_, record)| {
+                chrono::DateTime::from_timestamp_millis(record.started_unix_ms as i64)
+            })
+            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .collect();
+    started.sort();
+    Ok(started)
 }
 
 /// The source's pack records for `packs`, from its pack index files.
@@ -455,5 +491,35 @@ fn copy_pack(
         Ok(()) => Ok(bytes.len() as u64),
         Err(error) if error.is_already_exists() => Ok(0),
         Err(error) => Err(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_sync_time_is_never_later_than_a_point_the_copy_lacks() {
+        let round = "2026-12-07T13:39:14.386Z";
+        // Nothing lacking: the round's start.
+        assert_eq!(last_sync_time(round, [].into_iter(), [].into_iter()), round);
+        // A backup running since before the round: its start, whatever came later.
+        assert_eq!(
+            last_sync_time(
+                round,
+                ["2026-12-07T13:39:14.000Z"].into_iter(),
+                ["2026-12-07T13:39:13.685Z"].into_iter()
+            ),
+            "2026-12-07T13:39:13.685Z"
+        );
+        // A point still pending, older than every running backup.
+        assert_eq!(
+            last_sync_time(
+                round,
+                ["2026-12-07T10:00:00.000Z"].into_iter(),
+                ["2026-12-07T13:39:13.685Z"].into_iter()
+            ),
+            "2026-12-07T10:00:00.000Z"
+        );
     }
 }

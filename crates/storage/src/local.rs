@@ -230,11 +230,16 @@ impl Storage for LocalDirectory {
         let base = self.root.join(kind.directory());
         let mut objects = Vec::new();
         if kind == ObjectKind::Config {
-            if let Ok(metadata) = fs::metadata(self.root.join("config")) {
-                objects.push(ObjectInfo {
+            let path = self.root.join("config");
+            match fs::metadata(&path) {
+                Ok(metadata) => objects.push(ObjectInfo {
                     name: "config".to_string(),
                     size_bytes: metadata.len(),
-                });
+                }),
+                // No repository here (yet); any other failure (permissions, I/O) is said,
+                // not taken for an absent repository.
+                Err(error) if error.kind() == ErrorKind::NotFound => {}
+                Err(error) => return Err(self.io_error("list", &path, error)),
             }
             return Ok(objects);
         }

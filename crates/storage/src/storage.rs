@@ -145,7 +145,10 @@ pub enum StorageError {
         kind: ObjectKind,
         name: String,
     },
-    #[error("permission denied on {path} of repository {location}")]
+    #[error(
+        "permission denied on {path} of repository {location}: give the user Lifeboat runs \
+         as read and write access to the repository's files, or run Lifeboat as their owner"
+    )]
     PermissionDenied { location: String, path: String },
     #[error(
         "access to repository {location} was denied ({detail}); check the credentials \

@@ -42,6 +42,9 @@ pub fn run(global: &GlobalOptions, command: &RegionCommand) -> anyhow::Result<u8
                     lost.time
                 );
             }
+            for since in &report.lost_backups_running_since {
+                say!("  lost: the point of the backup that was running since {since}");
+            }
             if let Some(hook) = &report.hook {
                 say!("on_storage_failover: {hook}");
             }

@@ -134,7 +134,14 @@ fn show_region(region: &RegionStatus) {
                 (Some(time), Some(seconds)) => {
                     say!(
                         "  last sync time: {time} ({seconds:.1} s ago): a storage failover now loses what came after"
-                    )
+                    );
+                    if !copy.backups_running.is_empty() {
+                        say!(
+                            "  (the last round started beside {} running backup(s), the oldest since {}: their points are not in the copy)",
+                            copy.backups_running.len(),
+                            copy.backups_running[0]
+                        );
+                    }
                 }
                 _ => say!("  never synced: run 'lifeboat geo-sync'"),
             }

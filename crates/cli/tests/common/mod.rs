@@ -6,8 +6,9 @@ pub mod browser;
 pub mod daemon;
 pub mod replication;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -309,4 +310,52 @@ impl Drop for SmallFilesystem {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// Starts `lifeboat ARGUMENTS` and stops it (SIGSTOP) once it reports its first progress:
+/// it has loaded the chunk map it reads with and begun reading.
+pub fn paused(
+    mut command: Command,
+    arguments: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
+    let mut child = command
+        .args(arguments)
+        .env("LIFEBOAT_PROGRESS", "lines")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "{arguments:?} ended before its progress"
+        );
+        if line.starts_with("lifeboat-progress ") {
+            break;
+        }
+    }
+    signal(&child, "STOP");
+    (child, stderr)
+}
+
+/// Kills the processes (stopped ones too) when a test ends, passed or failed.
+pub struct KillOnDrop(pub Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
