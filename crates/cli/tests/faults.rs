@@ -578,9 +578,8 @@ fn two_backups_of_one_vm_at_once_one_is_refused_clearly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let locks = harness.repository.join("locks");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) == 0 {
+    while common::leases(&harness.repository) == 0 {
         assert!(
             Instant::now() < deadline,
             "the first backup never took its lease"

@@ -251,8 +251,7 @@ fn prune_beside_a_running_backup_never_deletes_what_it_will_need() {
         .spawn()
         .unwrap();
     // Prune runs again and again while the backup holds its lease.
-    let locks = harness.repository.join("locks");
-    while std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) == 0 {
+    while common::leases(&harness.repository) == 0 {
         assert!(
             backup.try_wait().unwrap().is_none(),
             "the backup ended before taking its lease"
@@ -366,6 +365,112 @@ fn qemu_reads_an_exported_point_bit_exact_over_tcp_and_unix_sockets() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+}
+
+/// Opens a connection that the server greets and that never negotiates further;
+/// `handshake` is what it sends of a handshake before it stops.
+fn hostile(address: &str, handshake: &[u8]) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).unwrap();
+    stream.write_all(handshake).unwrap();
+    stream
+}
+
+#[test]
+fn an_export_serves_qemu_while_200_hostile_connections_are_open_and_closes_them() {
+    use std::io::{Read, Write};
+    let harness = Harness::new();
+    let image = harness.copy_image("fs.qcow2");
+    let point = text(&harness.backup("vm", &[&image]), "point");
+    let (child, announcement) = export(&harness, &point, "127.0.0.1:0");
+    let _export = KillOnDrop(vec![child.id()]);
+    let uri = announcement["exports"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let address = uri
+        .strip_prefix("nbd://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let opened = std::time::Instant::now();
+    // Idle after the greeting; stopped half-way through an option; and a byte at a time.
+    let mut half_option = 3u32.to_be_bytes().to_vec(); // fixed newstyle, no zeroes
+    half_option.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes());
+    let mut connections: Vec<std::net::TcpStream> = (0..70)
+        .map(|_| hostile(&address, &[]))
+        .chain((0..70).map(|_| hostile(&address, &half_option)))
+        .collect();
+    let dripping: Vec<std::net::TcpStream> = (0..60).map(|_| hostile(&address, &[])).collect();
+    let dripper = {
+        let dripping: Vec<_> = dripping.iter().map(|s| s.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            let mut handshake = 3u32.to_be_bytes().to_vec();
+            for _ in 0..64 {
+                handshake.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes());
+                handshake.extend_from_slice(&3u32.to_be_bytes()); // NBD_OPT_LIST
+                handshake.extend_from_slice(&0u32.to_be_bytes());
+            }
+            let mut ended = vec![false; dripping.len()];
+            for byte in handshake {
+                for (mut stream, ended) in dripping.iter().zip(ended.iter_mut()) {
+                    *ended |= stream.write_all(&[byte]).is_err();
+                }
+                if ended.iter().all(|e| *e) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        })
+    };
+    connections.extend(dripping);
+    assert_eq!(connections.len(), 200);
+    let compare = Command::new("timeout")
+        .args([
+            "60", "qemu-img", "compare", "-f", "raw", "-F", "qcow2", &uri,
+        ])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "qemu-img beside 200 hostile connections: {}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    // Every hostile connection is closed by the server once its handshake time is up.
+    for mut stream in connections.iter().take(140) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let ended = stream.read_to_end(&mut rest);
+        assert!(
+            ended.is_ok()
+                || ended
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the server keeps a connection that never negotiated: {ended:?}"
+        );
+    }
+    assert!(
+        dripper.join().unwrap(),
+        "a connection sending a byte at a time outlived the handshake deadline"
+    );
+    let waited = opened.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "hostile connections were closed only after {waited:?}"
+    );
+    let again = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2", &uri])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
 }
 
 #[test]
@@ -527,41 +632,53 @@ fn prune_that_repacks_beside_readers_keeps_what_they_read() {
         &["--json", "restore", &second, "--target", &target_text],
     );
     let (verifying, verify_log) = paused(harness.command(), &["--json", "verify", "--read-data"]);
-    // A geo-sync to a new copy, stopped once it holds its reader's lease in the source.
-    let copy = harness.path("copy");
-    let syncing = harness
-        .command()
-        .args([
-            "--json",
-            "geo-sync",
-            "--to",
-            copy.to_str().unwrap(),
-            "--threads",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // A geo-sync to a new copy, stopped while it holds its reader's lease in the source
+    // (a round that ended before the stop is run again: the copy is small and quick).
+    let locks = harness.repository.join("locks");
+    // A lease being taken is a temporary file first: only a lease by its name counts.
+    let holds_lease = || {
+        std::fs::read_dir(&locks).unwrap().any(|lease| {
+            let lease = lease.unwrap();
+            lease.file_name().to_string_lossy().starts_with("read-")
+                && std::fs::read_to_string(lease.path())
+                    .is_ok_and(|l| l.contains("\"operation\":\"geo-sync\""))
+        })
+    };
+    let mut attempt = 0;
+    let (syncing, copy) = loop {
+        attempt += 1;
+        assert!(attempt <= 20, "geo-sync never stopped holding its lease");
+        let copy = harness.path(&format!("copy-{attempt}"));
+        let mut syncing = harness
+            .command()
+            .args([
+                "--json",
+                "geo-sync",
+                "--to",
+                copy.to_str().unwrap(),
+                "--threads",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while !holds_lease() && syncing.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        signal(&syncing, "STOP");
+        if holds_lease() && syncing.try_wait().unwrap().is_none() {
+            break (syncing, copy);
+        }
+        signal(&syncing, "CONT");
+        syncing.wait().unwrap();
+    };
     let _reap = KillOnDrop(vec![
         exporting.id(),
         restoring.id(),
         verifying.id(),
         syncing.id(),
     ]);
-    let locks = harness.repository.join("locks");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_dir(&locks).unwrap().any(|lease| {
-        std::fs::read_to_string(lease.unwrap().path())
-            .is_ok_and(|l| l.contains("\"operation\":\"geo-sync\""))
-    }) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "geo-sync never took its reader's lease"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    signal(&syncing, "STOP");
 
     // The first point goes; prune repacks and deletes nothing the readers use.
     let forget = harness.json(&["forget", "--vm", "vm", "--keep-last", "1"]);

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+
+use crate::socket::Socket;
 use std::path::Path;
 use std::time::Duration;
 
@@ -45,37 +47,6 @@ pub enum NbdError {
     },
 }
 
-/// Either kind of socket.
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(stream) => stream.read(buffer),
-            Stream::Tcp(stream) => stream.read(buffer),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(stream) => stream.write(buffer),
-            Stream::Tcp(stream) => stream.write(buffer),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(stream) => stream.flush(),
-            Stream::Tcp(stream) => stream.flush(),
-        }
-    }
-}
-
 /// One run of blocks with the same status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
@@ -90,7 +61,7 @@ pub struct Extent {
 
 /// A negotiated connection to one export.
 pub struct Client {
-    stream: Stream,
+    stream: Socket,
     peer: String,
     export_size_bytes: u64,
     transmission_flags: u16,
@@ -121,7 +92,7 @@ impl Client {
             peer: peer.clone(),
             source,
         })?;
-        Client::negotiate(Stream::Unix(stream), peer, export, meta_contexts)
+        Client::negotiate(Socket::Unix(stream), peer, export, meta_contexts)
     }
 
     /// Connects over TCP and opens `export`, asking for `meta_contexts`.
@@ -136,7 +107,7 @@ impl Client {
             source,
         })?;
         let _ = stream.set_nodelay(true);
-        Client::negotiate(Stream::Tcp(stream), peer, export, meta_contexts)
+        Client::negotiate(Socket::Tcp(stream), peer, export, meta_contexts)
     }
 
     /// Size of the export.
@@ -161,10 +132,7 @@ impl Client {
 
     /// Sets a read timeout, so a hung server becomes an error instead of a hang.
     pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let _ = match &self.stream {
-            Stream::Unix(stream) => stream.set_read_timeout(timeout),
-            Stream::Tcp(stream) => stream.set_read_timeout(timeout),
-        };
+        let _ = self.stream.set_read_timeout(timeout);
     }
 
     fn io(&self, source: std::io::Error) -> NbdError {
@@ -182,7 +150,7 @@ impl Client {
     }
 
     fn negotiate(
-        stream: Stream,
+        stream: Socket,
         peer: String,
         export: &str,
         meta_contexts: &[&str],

@@ -8,6 +8,9 @@
 //! * `client.rs` — [`Client`]: negotiation with `NBD_OPT_GO`, structured replies, meta
 //!   contexts (`base:allocation`, `qemu:dirty-bitmap:*`), read, write, flush, block status.
 //! * `server.rs` — [`Server`] and the [`Export`] trait it serves.
+//! * `socket.rs` — [`socket::Socket`], a TCP or Unix stream for both sides.
+//! * `connections.rs` — [`Limits`] and the table of open connections that enforces them
+//!   (handshake deadline, places for negotiating and for serving, idle eviction).
 //! * `buffer.rs` — [`Buffer`], a write's payload, and the [`BufferPool`] that recycles
 //!   payload memory.
 //!
@@ -17,9 +20,12 @@
 
 pub mod buffer;
 pub mod client;
+pub mod connections;
 pub mod protocol;
 pub mod server;
+pub mod socket;
 
 pub use buffer::{Buffer, BufferPool};
 pub use client::{Client, Extent, NbdError};
+pub use connections::Limits;
 pub use server::{Export, ExportError, Server, ServerError};

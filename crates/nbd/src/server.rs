@@ -13,9 +13,10 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use crate::buffer::{Buffer, BufferPool};
+use crate::connections::{Activity, Connections, Deadlined, Limits, Place, Socket};
 use crate::protocol::*;
 
 /// An error to send back to the client: an errno and a message for logs.
@@ -90,9 +91,8 @@ pub enum ServerError {
 /// A set of named exports.
 pub struct Server {
     exports: BTreeMap<String, Arc<dyn Export>>,
-    /// Connections being served, bounded by `maximum_connections`.
-    connections: AtomicUsize,
-    maximum_connections: usize,
+    /// Every open connection, within the server's [`Limits`].
+    connections: Connections,
     /// Memory for write payloads.
     payloads: Arc<BufferPool>,
 }
@@ -110,6 +110,9 @@ impl Default for Server {
         Server::new()
     }
 }
+
+/// The export a connection negotiated and its place among the serving connections.
+type Negotiated = (Arc<dyn Export>, Activity);
 
 /// Negotiated state of one connection.
 struct Session {
@@ -134,14 +137,23 @@ const PAYLOAD_TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(
 const DEFAULT_KEPT_PAYLOAD_BYTES: usize = 64 << 20;
 
 impl Server {
-    /// A server with no exports, accepting up to 64 connections at once.
+    /// A server with no exports, within the default [`Limits`].
     pub fn new() -> Server {
+        Server::with_limits(Limits::default())
+    }
+
+    /// A server with no exports, within `limits`.
+    pub fn with_limits(limits: Limits) -> Server {
         Server {
             exports: BTreeMap::new(),
-            connections: AtomicUsize::new(0),
-            maximum_connections: 64,
+            connections: Connections::new(limits),
             payloads: BufferPool::new(DEFAULT_KEPT_PAYLOAD_BYTES),
         }
+    }
+
+    /// How many connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// Keeps up to `bytes` of the memory of dropped write payloads for the next writes
@@ -182,7 +194,7 @@ impl Server {
         for stream in listener.incoming() {
             let stream = stream?;
             let _ = stream.set_nodelay(true);
-            self.spawn(Polling(stream.try_clone()?), stream);
+            self.spawn(Socket::Tcp(stream));
         }
         Ok(())
     }
@@ -191,39 +203,35 @@ impl Server {
     pub fn serve_unix(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         for stream in listener.incoming() {
             let stream = stream?;
-            self.spawn(Polling(stream.try_clone()?), stream);
+            self.spawn(Socket::Unix(stream));
         }
         Ok(())
     }
 
-    fn spawn<R, W>(self: &Arc<Self>, reader: R, writer: W)
-    where
-        R: Read + Send + 'static,
-        W: Write + Send + 'static,
-    {
-        if self.connections.fetch_add(1, Ordering::SeqCst) >= self.maximum_connections {
-            self.connections.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("refusing an NBD connection: too many connections");
-            return;
-        }
+    fn spawn(self: &Arc<Self>, socket: Socket) {
         let server = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("nbd-connection".to_string())
+            .stack_size(256 * 1024)
             .spawn(move || {
-                if let Err(error) = server.handle(reader, writer) {
+                if let Err(error) = server.handle(socket) {
                     tracing::info!(%error, "NBD connection ended");
                 }
-                server.connections.fetch_sub(1, Ordering::SeqCst);
             });
-        if spawned.is_err() {
-            self.connections.fetch_sub(1, Ordering::SeqCst);
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "refusing an NBD connection: no thread for it");
         }
     }
 
-    /// Serves one connection until the client disconnects.
-    pub fn handle<R: Read, W: Write>(&self, reader: R, writer: W) -> Result<(), ServerError> {
+    /// Serves one connection until the client disconnects, within the server's limits.
+    fn handle(&self, socket: Socket) -> Result<(), ServerError> {
+        let place = self.connections.admit(socket.try_clone()?);
+        let deadline = Instant::now() + self.connections.limits().handshake_timeout;
+        let reader = Deadlined::new(Polling(socket.try_clone()?), socket.try_clone()?, deadline);
+        let writer = Deadlined::new(socket.try_clone()?, socket, deadline);
         let mut input = BufReader::with_capacity(INPUT_BUFFER_BYTES, reader);
-        let mut output = BufWriter::with_capacity(256 * 1024, writer);
+        // Small while negotiating: a connection that never gets further costs little.
+        let mut output = BufWriter::with_capacity(4096, writer);
         output.write_all(&INIT_MAGIC.to_be_bytes())?;
         output.write_all(&OPTION_MAGIC.to_be_bytes())?;
         output.write_all(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())?;
@@ -239,25 +247,34 @@ impl Server {
             base_allocation_id: None,
             no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
         };
-        let Some(export) = self.negotiate(&mut input, &mut output, &mut session)? else {
+        let Some((export, activity)) =
+            self.negotiate(&mut input, &mut output, &mut session, &place)?
+        else {
             return Ok(());
         };
+        input.get_mut().lift()?;
+        let mut writer = output.into_inner().map_err(|e| e.into_error())?;
+        writer.lift()?;
+        let mut output = BufWriter::with_capacity(256 * 1024, writer);
         transmit(
             export.as_ref(),
             &mut input,
             &mut output,
             &session,
             &self.payloads,
+            &activity,
         )
     }
 
-    /// Runs the option haggling phase; returns the chosen export, or `None` on abort.
+    /// Runs the option haggling phase; returns the chosen export and the connection's
+    /// serving place, or `None` on abort.
     fn negotiate<R: Read, W: Write>(
         &self,
         input: &mut R,
         output: &mut W,
         session: &mut Session,
-    ) -> Result<Option<Arc<dyn Export>>, ServerError> {
+        place: &Place<'_>,
+    ) -> Result<Option<Negotiated>, ServerError> {
         loop {
             let magic = read_u64(input)?;
             if magic != OPTION_MAGIC {
@@ -278,13 +295,16 @@ impl Server {
                     let Some(export) = self.find(&name) else {
                         return Err(ServerError::Protocol(format!("unknown export '{name}'")));
                     };
+                    let Some(activity) = self.connections.serve(place) else {
+                        return Err(ServerError::Protocol(FULL.to_string()));
+                    };
                     output.write_all(&export.size_bytes().to_be_bytes())?;
                     output.write_all(&transmission_flags(export.as_ref()).to_be_bytes())?;
                     if !session.no_zeroes {
                         output.write_all(&[0u8; 124])?;
                     }
                     output.flush()?;
-                    return Ok(Some(export));
+                    return Ok(Some((export, activity)));
                 }
                 OPT_ABORT => {
                     send_option_reply(output, option, REP_ACK, &[])?;
@@ -320,6 +340,15 @@ impl Server {
                         send_option_reply(output, option, REP_ERR_UNKNOWN, message.as_bytes())?;
                         continue;
                     };
+                    let activity = if option == OPT_GO {
+                        let Some(activity) = self.connections.serve(place) else {
+                            send_option_reply(output, option, REP_ERR_POLICY, FULL.as_bytes())?;
+                            return Err(ServerError::Protocol(FULL.to_string()));
+                        };
+                        Some(activity)
+                    } else {
+                        None
+                    };
                     let mut info = Vec::with_capacity(12);
                     info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
                     info.extend_from_slice(&export.size_bytes().to_be_bytes());
@@ -339,8 +368,8 @@ impl Server {
                         send_option_reply(output, option, REP_INFO, &named)?;
                     }
                     send_option_reply(output, option, REP_ACK, &[])?;
-                    if option == OPT_GO {
-                        return Ok(Some(export));
+                    if let Some(activity) = activity {
+                        return Ok(Some((export, activity)));
                     }
                 }
                 _ => {
@@ -465,6 +494,7 @@ fn transmit<R: Read, W: Write>(
     output: &mut W,
     session: &Session,
     payloads: &Arc<BufferPool>,
+    activity: &Activity,
 ) -> Result<(), ServerError> {
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     let mut buffer = Vec::new();
@@ -474,6 +504,7 @@ fn transmit<R: Read, W: Write>(
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(error) => return Err(error.into()),
         }
+        activity.touch();
         let magic = u32::from_be_bytes(header[..4].try_into().expect("4"));
         if magic != REQUEST_MAGIC {
             return Err(ServerError::Protocol(format!(
@@ -619,6 +650,9 @@ impl<S: Read + std::os::fd::AsRawFd> Read for Polling<S> {
         }
     }
 }
+
+/// Why a negotiated connection is refused.
+const FULL: &str = "every place of the server is taken by an active connection; try again later";
 
 /// Reads a write's payload into `data`, memory the export may keep: what is already
 /// buffered is copied once and the rest read straight from the socket, not through the
@@ -803,10 +837,9 @@ pub fn spawn_unix(server: Arc<Server>, listener: UnixListener) -> std::io::Resul
     Ok(())
 }
 
-/// Serves one already-connected stream pair (used by tests and socket activation).
+/// Serves one already-connected stream (used by tests and socket activation).
 pub fn serve_stream(server: &Server, stream: UnixStream) -> Result<(), ServerError> {
-    let reader = Polling(stream.try_clone()?);
-    server.handle(reader, stream)
+    server.handle(Socket::Unix(stream))
 }
 
 #[cfg(test)]

@@ -352,10 +352,32 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The leases held in the repository at `repository` (a lease being taken is a temporary
+/// file first, and is not counted).
+pub fn leases(repository: &Path) -> usize {
+    std::fs::read_dir(repository.join("locks"))
+        .map(|entries| {
+            entries
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Sends `signal` (STOP, CONT, TERM, KILL, INT) to `child` at once.
 pub fn signal(child: &std::process::Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let number = match signal {
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "TERM" => libc::SIGTERM,
+        "KILL" => libc::SIGKILL,
+        "INT" => libc::SIGINT,
+        other => panic!("no signal {other} in the tests"),
+    };
+    // SAFETY: kill(2) with a child's pid and a valid signal number.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, number) };
+    assert_eq!(sent, 0, "kill -{signal} {}", child.id());
 }
