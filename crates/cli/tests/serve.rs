@@ -394,6 +394,102 @@ fn two_nodes_on_postgresql_run_each_job_once_and_a_killed_nodes_work_moves_withi
     );
 }
 
+/// Managed PostgreSQL services accept TLS only. The state database is reached over TLS,
+/// the server's certificate checked against the CA named by `database_ca`, and every way
+/// of getting it wrong is refused with an error that says what to check (and never the
+/// password).
+#[test]
+fn the_state_database_is_reached_over_tls_and_its_certificate_is_checked() {
+    let postgres = lifeboat_testing::PostgresServer::start_tls();
+    let harness = Harness::uninitialised();
+    let url = format!(
+        "postgres://postgres:not-shown@127.0.0.1:{}/lifeboat",
+        postgres.port
+    );
+    let configure = |name: &str, query: &str, ca: Option<&std::path::Path>| {
+        let config = harness.path(name);
+        let ca = ca
+            .map(|ca| format!("database_ca = \"{}\"\n", ca.display()))
+            .unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                "[settings]\nstate = \"{state}\"\ndatabase = \"{url}{query}\"\n{ca}\n\
+                 [[region]]\nname = \"west\"\nrepository = \"{west}\"\n",
+                state = harness.path(&format!("{name}-state")).display(),
+                west = harness.path("west").display(),
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let add = |config: &std::path::Path, name: &str| {
+        harness
+            .configured(config)
+            .args(["--json", "user", "add", name, "--role", "reader"])
+            .output()
+            .unwrap()
+    };
+    // Verified against the CA (the file named relative to nothing: an absolute path), and
+    // encrypted without verification.
+    let verified = configure(
+        "verified.toml",
+        "?sslmode=verify-full",
+        Some(&postgres.ca()),
+    );
+    let output = add(&verified, "alice");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let required = configure("required.toml", "?sslmode=require", None);
+    let output = add(&required, "bob");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Both users are in the one database, as psql sees it over TLS.
+    let listed = std::process::Command::new("psql")
+        .arg(format!(
+            "postgresql://postgres@127.0.0.1:{}/lifeboat?sslmode=require",
+            postgres.port
+        ))
+        .args(["-At", "-c", "SELECT name FROM users ORDER BY name"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "alice\nbob\n",
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    // A certificate signed by another CA, and a server that refuses plaintext.
+    let wrong = configure(
+        "wrong.toml",
+        "?sslmode=verify-full",
+        Some(&postgres.other_ca()),
+    );
+    let plaintext = configure("plain.toml", "?sslmode=disable", None);
+    for (config, expected) in [(&wrong, "certificate"), (&plaintext, "no encryption")] {
+        let output = add(config, "mallory");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{config:?} connected");
+        assert!(
+            error.contains("state database: cannot connect to")
+                && error.contains(expected)
+                && error.contains("TLS: check the URL's sslmode")
+                && !error.contains("panicked"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("not-shown"),
+            "the password is shown: {error}"
+        );
+    }
+}
+
 /// Processes of the scheduled receiver (its replicas directory on their command line).
 fn receivers(harness: &Harness) -> usize {
     let replicas = harness.path("replicas").display().to_string();

@@ -192,6 +192,9 @@ struct Settings {
     listen: Option<Spanned<String>>,
     /// `sqlite://…` or `postgres://…`; default SQLite in the state directory.
     database: Option<String>,
+    /// The PEM file of the CA that signed the PostgreSQL server's certificate (for
+    /// `sslmode=verify-ca|verify-full`).
+    database_ca: Option<Spanned<String>>,
     /// PEM files of the certificate (chain) and private key `lifeboat serve` answers HTTPS
     /// with.
     tls_certificate: Option<Spanned<String>>,
@@ -452,6 +455,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             state_directory.join("lifeboat.db").display()
         ),
     };
+    let database = match settings.and_then(|s| s.database_ca.as_ref()) {
+        None => database,
+        Some(ca)
+            if database.starts_with("postgres://") || database.starts_with("postgresql://") =>
+        {
+            with_root_certificate(&database, &directory.join(ca.get_ref().trim()))
+        }
+        Some(ca) => {
+            return Err(invalid(
+                ca.span(),
+                "key 'database_ca': only a postgres:// database takes a CA file".to_string(),
+            ));
+        }
+    };
     let dns = file
         .dns
         .as_ref()
@@ -495,6 +512,21 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// `url` with `sslrootcert` naming `ca` (percent-encoded as its query wants).
+fn with_root_certificate(url: &str, ca: &Path) -> String {
+    let mut encoded = String::new();
+    for byte in ca.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                encoded.push(*byte as char)
+            }
+            other => encoded.push_str(&format!("%{other:02X}")),
+        }
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}sslrootcert={encoded}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +551,28 @@ geo_copy = "/srv/lifeboat/west-side/copies/east"
 storage = { aws_endpoint = "http://127.0.0.1:9000", aws_allow_http = "true" }
 on_storage_failover = "/usr/local/bin/move-dns"
 "#;
+
+    #[test]
+    fn a_database_ca_is_named_in_the_postgres_url_relative_to_the_file() {
+        let settings = "[settings]\ndatabase = \"postgres://lifeboat@db.example/lifeboat?sslmode=verify-full\"\ndatabase_ca = \"pg ca.pem\"\n";
+        let config = parse_text(&format!("{settings}{PAIR}")).unwrap();
+        assert_eq!(
+            config.database,
+            "postgres://lifeboat@db.example/lifeboat?sslmode=verify-full\
+             &sslrootcert=/etc/lifeboat/pg%20ca.pem"
+        );
+        let plain =
+            "[settings]\ndatabase = \"postgres://db/lifeboat\"\ndatabase_ca = \"/ca.pem\"\n";
+        let config = parse_text(&format!("{plain}{PAIR}")).unwrap();
+        assert_eq!(
+            config.database,
+            "postgres://db/lifeboat?sslrootcert=/ca.pem"
+        );
+        let sqlite = parse_text(&format!("[settings]\ndatabase_ca = \"ca.pem\"\n{PAIR}"))
+            .unwrap_err()
+            .to_string();
+        assert!(sqlite.contains("only a postgres:// database"), "{sqlite}");
+    }
 
     #[test]
     fn a_paired_configuration_is_read_with_defaults_filled_in() {

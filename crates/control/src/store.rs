@@ -252,8 +252,8 @@ impl Store {
             .connect(url)
             .await
             .map_err(|error| ControlError::Database {
-                what: format!("connect to {url}"),
-                detail: error.to_string(),
+                what: format!("connect to {}", without_password(url)),
+                detail: connect_advice(&error),
             })?;
         for statement in SCHEMA {
             sqlx::query(statement)
@@ -659,9 +659,64 @@ pub struct RpoSample {
     pub rpo_seconds: f64,
 }
 
+/// `url` with its password, if any, replaced by `***`: connection errors are logged and
+/// shown, and must not carry it.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// What failed, with what to check: TLS failures name the settings that govern them.
+fn connect_advice(error: &sqlx::Error) -> String {
+    let detail = error.to_string();
+    let tls = matches!(error, sqlx::Error::Tls(_))
+        || detail.contains("certificate")
+        || detail.contains("TLS")
+        || detail.contains("SSL")
+        || detail.contains("no encryption");
+    if tls {
+        format!(
+            "{detail} (TLS: check the URL's sslmode and that [settings] database_ca names \
+             the PEM file of the CA that signed the server's certificate)"
+        )
+    } else {
+        format!("{detail} (check the server's address, that it runs, and the credentials)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("postgres://ops:s3cr%40t@db.example:5432/lifeboat?sslmode=require"),
+            "postgres://ops:***@db.example:5432/lifeboat?sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://ops@db/lifeboat"),
+            "postgres://ops@db/lifeboat"
+        );
+        assert_eq!(
+            without_password("sqlite:///var/lib/lifeboat/state.db"),
+            "sqlite:///var/lib/lifeboat/state.db"
+        );
+        assert_eq!(
+            without_password("postgres://ops:p@ss@db/x"),
+            "postgres://ops:***@db/x"
+        );
+    }
 
     /// Runs `test` on a store in a fresh SQLite database.
     fn with_store(test: impl AsyncFnOnce(Store)) {
