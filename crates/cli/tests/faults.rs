@@ -97,6 +97,60 @@ fn a_missing_disk_is_named() {
     );
 }
 
+/// A private qemu-nbd's socket lived in a folder of the temporary directory, which
+/// `kill -9` of Lifeboat's whole process group (qemu-nbd with it) left behind.
+#[test]
+fn kill_9_of_a_backup_and_its_qemu_nbd_leaves_nothing_in_the_temporary_folder() {
+    use std::os::unix::process::CommandExt;
+    let harness = Harness::new();
+    let image = harness.copy_image("fs.qcow2");
+    let temporary = harness.path("tmp");
+    std::fs::create_dir(&temporary).unwrap();
+    let mut command = harness.command();
+    command.env("TMPDIR", &temporary).process_group(0);
+    let image_text = image.display().to_string();
+    let (backup, _log) = common::paused(command, &["backup", "--vm", "vm", &image_text]);
+    // qemu-nbd processes in the backup's process group (field 5 of /proc/PID/stat).
+    let group = backup.id().to_string();
+    let qemu_nbds = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                    stat.contains("(qemu-nbd)")
+                        && stat.split_whitespace().nth(4) == Some(group.as_str())
+                })
+            })
+            .count()
+    };
+    assert_eq!(
+        qemu_nbds(),
+        1,
+        "the backup reads through its private qemu-nbd"
+    );
+    // SAFETY: kill(2) of the process group the backup leads.
+    assert_eq!(
+        unsafe { libc::kill(-(backup.id() as libc::pid_t), libc::SIGKILL) },
+        0
+    );
+    let mut backup = backup;
+    backup.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qemu_nbds() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-nbd outlived kill -9 of its group"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<_> = std::fs::read_dir(&temporary)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn what_is_not_a_disk_is_refused_and_a_one_byte_file_is_named() {
     let harness = Harness::new();

@@ -3,10 +3,19 @@
 //! qemu's block layer reads every format Lifeboat supports (compressed qcow2 clusters,
 //! backing chains, dynamic VHD, VHDX), takes qemu's image locks, and reports allocation and
 //! dirty bitmaps over NBD. The process is tied to Lifeboat's: it gets `SIGTERM` when
-//! Lifeboat dies (even by `kill -9`), so no orphan keeps an image locked; the empty socket
-//! directory such a death leaves behind is removed by the next start.
+//! Lifeboat dies (even by `kill -9`), so no orphan keeps an image locked.
+//!
+//! The socket is in Linux's abstract namespace, so it has no file: Lifeboat binds and
+//! listens on it and hands the listening socket to qemu-nbd as fd 3 by socket activation
+//! (`LISTEN_FDS=1`, `LISTEN_PID` set by `sh` to the pid it `exec`s qemu-nbd as). Nothing is
+//! left in the file system however both processes end, `kill -9` of the whole process
+//! group included. Socket directories that versions which put the socket in a file left
+//! behind are still swept at the first start.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,11 +27,11 @@ use crate::error::{DiskError, Result};
 use crate::format::Format;
 use crate::inspect::classify_qemu_error;
 
-/// How long qemu-nbd may take to open an image and create its socket.
+/// How long qemu-nbd may take to open an image and answer on its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The export name used on the private socket.
 const EXPORT: &str = "disk";
-/// Prefix of the temporary directory holding each private socket.
+/// Prefix of the temporary directories earlier versions held each private socket in.
 const SOCKET_DIRECTORY_PREFIX: &str = "lifeboat-nbd-";
 /// An empty socket directory older than this was left by a process that died: a live one
 /// holds its socket within [`START_TIMEOUT`].
@@ -41,9 +50,11 @@ pub struct ServeOptions {
 #[derive(Debug)]
 pub struct QemuNbd {
     child: Child,
-    socket: PathBuf,
+    /// The abstract socket address qemu-nbd accepts on.
+    address: SocketAddr,
+    /// The address as messages name it.
+    name: String,
     image: PathBuf,
-    _directory: tempfile::TempDir,
 }
 
 impl QemuNbd {
@@ -51,18 +62,20 @@ impl QemuNbd {
     pub fn start(image: &Path, format: &Format, options: &ServeOptions) -> Result<QemuNbd> {
         static SWEPT: std::sync::Once = std::sync::Once::new();
         SWEPT.call_once(|| remove_stale_socket_directories(&std::env::temp_dir()));
-        let directory = tempfile::Builder::new()
-            .prefix(SOCKET_DIRECTORY_PREFIX)
-            .tempdir()
-            .map_err(|e| DiskError::Other {
-                path: image.to_path_buf(),
-                detail: format!("cannot create a socket directory: {e}"),
-            })?;
-        let socket = directory.path().join("nbd.sock");
-        let mut command = Command::new("qemu-nbd");
+        let cannot_listen = |e: std::io::Error| DiskError::Other {
+            path: image.to_path_buf(),
+            detail: format!("cannot listen on a private socket for qemu-nbd: {e}"),
+        };
+        let (name, address, listener) = listen_privately().map_err(cannot_listen)?;
+        let listening = listener.as_raw_fd();
+        // `sh` learns its pid and keeps it across `exec`: qemu-nbd takes fd 3 as its
+        // listening socket only when LISTEN_PID is its own.
+        let mut command = Command::new("sh");
         command
+            .args(["-c", r#"LISTEN_PID=$$ exec "$0" "$@""#, "qemu-nbd"])
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_FDNAMES")
             .arg(format!("--format={}", format.qemu_name()))
-            .arg(format!("--socket={}", socket.display()))
             .arg(format!("--export-name={EXPORT}"))
             .args(["--persistent", "--shared=8", "--cache=writeback"]);
         if !options.writable {
@@ -77,7 +90,8 @@ impl QemuNbd {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: prctl and getppid are async-signal-safe, and the error allocates nothing.
+        // SAFETY: prctl, getppid, dup2 and fcntl are async-signal-safe, and the errors
+        // allocate nothing.
         unsafe {
             command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -85,19 +99,31 @@ impl QemuNbd {
                 if libc::getppid() != parent {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
+                // The listening socket becomes fd 3, open across exec (dup2 onto itself
+                // leaves close-on-exec set, so that case clears it).
+                if listening == 3 {
+                    if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(listening, 3) != 3 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|source| DiskError::ToolMissing {
+        let spawned = command.spawn();
+        // Only qemu-nbd listens from now on: if it dies, connecting fails instead of hanging.
+        drop(listener);
+        let child = spawned.map_err(|source| DiskError::ToolMissing {
             tool: "qemu-nbd",
             path: image.to_path_buf(),
             source,
         })?;
         let mut server = QemuNbd {
             child,
-            socket,
+            address,
+            name: format!("@{name}"),
             image: image.to_path_buf(),
-            _directory: directory,
         };
         server.wait_until_ready()?;
         Ok(server)
@@ -113,10 +139,8 @@ impl QemuNbd {
                 }
                 return Err(classify_qemu_error(&self.image, &stderr));
             }
-            // The socket file appears at bind(), before qemu-nbd listens: only a successful
-            // connection proves it is ready.
-            if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-            {
+            // The socket listens before qemu-nbd runs: only its greeting proves it is ready.
+            if self.greets() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -132,12 +156,26 @@ impl QemuNbd {
         }
     }
 
+    /// True when qemu-nbd sends the start of its greeting within a moment.
+    fn greets(&self) -> bool {
+        let Ok(mut probe) = UnixStream::connect_addr(&self.address) else {
+            return false;
+        };
+        let _ = probe.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut magic = [0u8; 8];
+        probe.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
+    }
+
     /// Opens a connection asking for `meta_contexts`.
     pub fn connect(&self, meta_contexts: &[&str]) -> Result<Client> {
-        Client::connect_unix(&self.socket, EXPORT, meta_contexts).map_err(|e| DiskError::Other {
+        let failed = |detail: String| DiskError::Other {
             path: self.image.clone(),
-            detail: e.to_string(),
-        })
+            detail,
+        };
+        let stream = UnixStream::connect_addr(&self.address)
+            .map_err(|e| failed(format!("cannot connect to qemu-nbd at {}: {e}", self.name)))?;
+        Client::over_unix(stream, &self.name, EXPORT, meta_contexts)
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Stops qemu-nbd and waits for it, so its locks and writes are released.
@@ -176,6 +214,32 @@ impl QemuNbd {
 impl Drop for QemuNbd {
     fn drop(&mut self) {
         let _ = self.terminate();
+    }
+}
+
+/// Binds and listens on a fresh name in the abstract namespace: this process's id, a
+/// counter and the time (processes of other pid namespaces may share the network's).
+fn listen_privately() -> std::io::Result<(String, SocketAddr, UnixListener)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut attempt = 0;
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "{SOCKET_DIRECTORY_PREFIX}{}-{}-{nanos:08x}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let address = SocketAddr::from_abstract_name(name.as_bytes())?;
+        match UnixListener::bind_addr(&address) {
+            Ok(listener) => return Ok((name, address, listener)),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && attempt < 3 => {
+                attempt += 1
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 

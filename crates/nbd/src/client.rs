@@ -95,6 +95,22 @@ impl Client {
         Client::negotiate(Socket::Unix(stream), peer, export, meta_contexts)
     }
 
+    /// Opens `export` over a Unix stream already connected (to an abstract socket, say),
+    /// asking for `meta_contexts`; `peer` names it in errors.
+    pub fn over_unix(
+        stream: UnixStream,
+        peer: &str,
+        export: &str,
+        meta_contexts: &[&str],
+    ) -> Result<Client, NbdError> {
+        Client::negotiate(
+            Socket::Unix(stream),
+            peer.to_string(),
+            export,
+            meta_contexts,
+        )
+    }
+
     /// Connects over TCP and opens `export`, asking for `meta_contexts`.
     pub fn connect_tcp(
         address: &str,
