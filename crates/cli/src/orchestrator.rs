@@ -830,6 +830,8 @@ impl PlanExecutor<'_> {
             .arg(&self.config.path)
             .args(["--region", &home, "protect", "--group", &group, "--socket"])
             .arg(&socket)
+            // The VMs run here now: this run placed them, so their newest epochs are ours.
+            .arg("--accept-epoch")
             .arg("--state")
             .arg(directory.join("state"));
         for name in vms {

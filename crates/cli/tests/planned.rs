@@ -160,21 +160,41 @@ fn a_planned_failover_fences_the_source_and_loses_no_write() {
         identical(&restored, &disk),
         "the last writes are missing in east"
     );
-    // The fence outlives a restart of the capture.
+    // The fence outlives a restart of the capture, from its first write on: a restarted
+    // capture once served writes until its first look at the epochs.
     drop(protect);
     let protect = Protect::start(&harness, "shop", &vms, "0.3");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (ok, output) = try_write(&protect, "db1/db1.raw", "write -P 98 0 4k");
-        if !ok {
-            assert!(output.contains("Operation not permitted"), "{output}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a restarted capture accepted writes of a VM that runs elsewhere"
-        );
-    }
+    let (ok, output) = try_write(&protect, "db1/db1.raw", "write -P 98 0 4k");
+    assert!(
+        !ok && output.contains("Operation not permitted"),
+        "a restarted capture accepted a write of a VM that runs elsewhere: {output}"
+    );
+    drop(protect);
+    // A capture started afresh (its epochs lost with its state) once adopted the newest
+    // epoch and took db1's writes: it is refused, naming where db1 runs, unless told.
+    let mut epoch_file = disk.as_os_str().to_owned();
+    epoch_file.push(".lifeboat-dirty.epoch");
+    std::fs::remove_file(&epoch_file).unwrap();
+    let refused = harness
+        .command()
+        .args(["protect", "--group", "shop", "--socket"])
+        .arg(harness.path("fresh.sock"))
+        .arg("--vm")
+        .arg(format!("db1={}", disk.display()))
+        .arg("--vm")
+        .arg(format!("web1={}", web.display()))
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{error}");
+    assert!(
+        error.contains("VM 'db1' runs in region 'east' since epoch 1")
+            && error.contains("--accept-epoch"),
+        "{error}"
+    );
+    assert!(!harness.path("fresh.sock").exists(), "nothing was served");
+    let protect = Protect::start_with(&harness, "shop", &vms, "0.3", &["--accept-epoch"]);
+    assert!(try_write(&protect, "db1/db1.raw", "write -P 97 0 4k").0);
     drop(protect);
     let _ = harness
         .configured(&config)

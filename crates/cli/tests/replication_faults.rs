@@ -360,6 +360,8 @@ fn a_full_recovery_repository_stalls_shipping_loses_nothing_and_resumes() {
     latest_point_matches(&harness, "db1", &[disk]);
 }
 
+/// The lease was kept between requests to the repository, one of which retries for a
+/// minute by default: a capture cut off mid-request took writes long past its lease.
 #[test]
 fn a_capture_cut_off_beyond_its_fence_lease_refuses_writes_until_the_link_returns() {
     let server = S3Server::start();
@@ -375,26 +377,48 @@ fn a_capture_cut_off_beyond_its_fence_lease_refuses_writes_until_the_link_return
     assert!(ok.status.success());
     let disk = raw_disk(&harness, "db1/disk.raw", "8M");
     let vms = [("db1".to_string(), vec![disk.clone()])];
+    // The default retry bound (a minute), not the shorter one of the other tests.
+    let environment: Vec<(String, String)> = through(&server, &proxy)
+        .into_iter()
+        .filter(|(key, _)| key != "LIFEBOAT_STORAGE_RETRY_SECONDS")
+        .collect();
     let protect = Protect::start_in(
         &harness,
         "shop",
         &vms,
         "0.3",
         &["--fence-lease", "3s", "--repo", &location],
-        &through(&server, &proxy),
+        &environment,
     );
     let mut client = protect.client("db1/disk.raw");
     client.write(0, &noise(65536, 1), false).unwrap();
     client.flush().unwrap();
+    // Every request now takes most of a second: the cut finds one in flight.
+    proxy.delay(Duration::from_millis(700));
+    client.write(131072, &noise(65536, 4), false).unwrap();
+    client.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
     proxy.cut();
+    let cut = Instant::now();
     wait_for_log(
         &protect,
         "VM 'db1' fenced: the recovery repository has not been reachable",
     );
+    let fenced_after = cut.elapsed();
+    assert!(
+        fenced_after < Duration::from_secs(5),
+        "fenced {fenced_after:?} after the cut, with a lease of 3 s"
+    );
+    proxy.delay(Duration::ZERO);
     let refused = client.write(65536, &noise(4096, 2), false).unwrap_err();
     assert!(refused.to_string().contains("fenced"), "{refused}");
     proxy.restore();
-    wait_for_log(&protect, "VM 'db1' unfenced");
+    // Unfenced a second time: the first was at the start, once the epochs were read.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while protect.log().matches("VM 'db1' unfenced").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", protect.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     client.write(65536, &noise(4096, 3), false).unwrap();
     client.flush().unwrap();
 }

@@ -177,14 +177,6 @@ impl Sender {
         self
     }
 
-    /// Looks for failovers of the group's VMs; returns what changed, in words.
-    pub fn check_fences(&self) -> Vec<String> {
-        self.fences
-            .as_ref()
-            .map(|fences| fences.check(&self.repository))
-            .unwrap_or_default()
-    }
-
     fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
         self.journal
             .lock()

@@ -53,8 +53,9 @@ fn dirty_map_path(arguments: &ProtectArguments, image: &Path, vm: &str, disk: &s
 
 /// The epoch a VM runs under on this side, kept beside its first disk's dirty map so a
 /// restarted capture still knows a failover that happened while it was down: read from
-/// there, else (first start, or `--accept-epoch`) the newest in the recovery repository,
-/// then kept.
+/// there, else, on a first start, 0 — a VM that failed over before is refused, as this
+/// side cannot tell it runs here — or with `--accept-epoch` the newest in the recovery
+/// repository; then kept.
 fn base_epoch(
     arguments: &ProtectArguments,
     repository: &lifeboat_repository::Repository,
@@ -74,9 +75,23 @@ fn base_epoch(
             )
         });
     }
-    let epoch = repository
-        .current_epoch(vm)?
-        .map_or(0, |record| record.epoch);
+    let newest = repository.current_epoch(vm)?;
+    let epoch = match newest {
+        None => 0,
+        Some(record) if arguments.accept_epoch => record.epoch,
+        Some(record) => bail!(
+            "VM '{vm}' runs in region '{}' since epoch {} (claimed at {} by run {} of {}), \
+             and this capture holds no epoch of its own for it ({} is missing: a new state \
+             directory?): it would take writes for a VM placed elsewhere. If the VM runs \
+             here now (a failback or reprotect brought it here), start with --accept-epoch",
+            record.region,
+            record.epoch,
+            record.time,
+            record.run,
+            record.actor,
+            path.display()
+        ),
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -84,6 +99,45 @@ fn base_epoch(
     std::fs::write(&path, epoch.to_string())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(epoch)
+}
+
+/// Reads the epochs every `interval` on a thread of its own, so shipping that waits on the
+/// recovery repository does not delay a fence; with a lease, keeps it by time on another,
+/// which no request to the repository (one may retry for a minute) holds up.
+fn watch_fences(
+    fences: Arc<Fences>,
+    repository: lifeboat_repository::Repository,
+    group: String,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    if fences.lease().is_some() {
+        let fences = Arc::clone(&fences);
+        let group = group.clone();
+        std::thread::Builder::new()
+            .name("fence-lease".to_string())
+            .spawn(move || {
+                loop {
+                    for change in fences.enforce_lease() {
+                        eprintln!("group '{group}': {change}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .context("cannot start the fence lease's thread")?;
+    }
+    std::thread::Builder::new()
+        .name("fence-check".to_string())
+        .spawn(move || {
+            loop {
+                let started = Instant::now();
+                for change in fences.check(&repository) {
+                    eprintln!("group '{group}': {change}");
+                }
+                std::thread::sleep(interval.saturating_sub(started.elapsed()));
+            }
+        })
+        .context("cannot start the thread that reads the epochs")?;
+    Ok(())
 }
 
 fn file_name(path: &Path) -> anyhow::Result<String> {
@@ -253,6 +307,18 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         layouts.push(layout);
         dirty_maps.push(std::mem::take(&mut maps));
     }
+    // No write before the epochs are read: a failover may have happened while this
+    // capture was down (until then every VM is fenced).
+    for change in fences.check(&repository) {
+        eprintln!("group '{}': {change}", arguments.group);
+    }
+    let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
+    watch_fences(
+        Arc::clone(&fences),
+        repository.clone(),
+        arguments.group.clone(),
+        interval,
+    )?;
     let sender = Sender::new(
         repository,
         &arguments.group,
@@ -288,7 +354,6 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             path.display()
         );
     }
-    let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
     let hook = arguments.freeze_hook.as_ref().map(|script| Hook {
         script: script.clone(),
         group: arguments.group.clone(),
@@ -305,9 +370,6 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
             .filter(|_| quiesced.is_none_or(|at| at.elapsed() >= every));
         if quiesce.is_some() {
             quiesced = Some(Instant::now());
-        }
-        for change in sender.check_fences() {
-            eprintln!("group '{}': {change}", arguments.group);
         }
         match sender.ship_quiesced(quiesce.map(|hook| hook as &dyn Quiesce)) {
             Ok(report) => {
