@@ -70,6 +70,20 @@ impl Fence {
         }
     }
 
+    /// Fences the VM from now on; what changed, in words.
+    fn fence_now(&self, journal: &Mutex<Journal>, reason: String, superseded: bool) -> String {
+        let change = format!("VM '{}' fenced: {reason}", self.vm);
+        self.set(
+            journal,
+            Some(Fenced {
+                at: now(),
+                reason,
+                superseded,
+            }),
+        );
+        change
+    }
+
     fn set(&self, journal: &Mutex<Journal>, fenced: Option<Fenced>) {
         let _recording = journal.lock().expect("never poisoned");
         self.fenced.store(fenced.is_some(), Ordering::SeqCst);
@@ -153,15 +167,7 @@ impl Fences {
                 "the recovery repository has not been reachable for {} s (the lease): no failover can be ruled out ({why})",
                 confirmed.elapsed().as_secs()
             );
-            changes.push(format!("VM '{}' fenced: {reason}", fence.vm));
-            fence.set(
-                &self.journal,
-                Some(Fenced {
-                    at: now(),
-                    reason,
-                    superseded: false,
-                }),
-            );
+            changes.push(fence.fence_now(&self.journal, reason, false));
         }
         changes
     }
@@ -192,15 +198,7 @@ impl Fences {
                         "it runs in region '{}' as epoch {} since {} (run {} by {})",
                         record.region, record.epoch, record.time, record.run, record.actor
                     );
-                    changes.push(format!("VM '{}' fenced: {reason}", fence.vm));
-                    fence.set(
-                        &self.journal,
-                        Some(Fenced {
-                            at: now(),
-                            reason,
-                            superseded: true,
-                        }),
-                    );
+                    changes.push(fence.fence_now(&self.journal, reason, true));
                 }
                 // An answer older than the lease rules out nothing newer.
                 _ if state.is_some() && fresh => {
