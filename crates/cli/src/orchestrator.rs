@@ -2,7 +2,8 @@
 //! [`Executor`] for `lifeboat-orchestration`'s runner.
 //!
 //! A VM's home in a region is `<state>/vms/NAME/REGION` (`<state>/tests/NAME/REGION` for a
-//! test copy): `disks/` (restored disks, or instant overlays), `run/` (QMP sockets and
+//! test copy): `disks/` (restored disks, or instant overlays — qcow2 files under the
+//! disks' own names, so a disk keeps its name through reprotect and failback), `run/` (QMP sockets and
 //! serial console), and for an instant start the `lifeboat export` of its point and the
 //! `lifeboat vm hydrate` that copies the disks, each a process of its own that outlives
 //! the orchestrator (their process ids in `export.pid` and `hydrate.pid`; `hydrated` once
@@ -382,7 +383,9 @@ impl PlanExecutor<'_> {
             )?;
             let mut disks = Vec::new();
             for disk in &manifest.disks {
-                let overlay = disks_directory.join(format!("{}.overlay.qcow2", disk.name));
+                // Named as the disk is, whatever its format: the capture of a reprotect
+                // names its disks by file name, and the replicas at home by the disk's.
+                let overlay = disks_directory.join(&disk.name);
                 create_overlay(&overlay, &socket, &disk.name, disk.virtual_size_bytes)?;
                 disks.push(DiskSpec {
                     path: overlay,
@@ -747,10 +750,40 @@ impl PlanExecutor<'_> {
                     &self.capture_group(),
                 )?;
                 passed.push(match digest {
-                    Some(disks) => format!(
-                        "the receiver in '{home}' published a digest of {} replica disk(s): only blocks that differ are sent",
-                        disks.len()
-                    ),
+                    Some(disks) => {
+                        // Only the disks the capture will find in the digest, by the names
+                        // it gives them, are sent as differences.
+                        let placements = Placements::load(&self.config.state_directory)?;
+                        let digested = &disks;
+                        let whole: Vec<String> = self
+                            .plan
+                            .groups
+                            .iter()
+                            .flatten()
+                            .filter_map(|name| placements.vms.get(name).map(|p| (name, p)))
+                            .flat_map(|(name, placement)| {
+                                placement.disks.iter().filter_map(move |path| {
+                                    let disk = path.file_name()?.to_string_lossy().into_owned();
+                                    let vm = lifeboat_replication::file_name_for(name);
+                                    let found =
+                                        digested.iter().any(|d| d.vm == vm && d.disk == disk);
+                                    (!found).then(|| format!("{name}/{disk}"))
+                                })
+                            })
+                            .collect();
+                        if whole.is_empty() {
+                            format!(
+                                "the receiver in '{home}' published a digest of {} replica disk(s): only blocks that differ are sent",
+                                disks.len()
+                            )
+                        } else {
+                            format!(
+                                "the receiver in '{home}' published a digest of {} replica disk(s), none of them for {}: those are sent whole, the others as differences",
+                                disks.len(),
+                                whole.join(", ")
+                            )
+                        }
+                    }
                     None => format!(
                         "no replica digest in '{home}' yet: the first sync sends every allocated block (start the receiver there first with --digest to send only what differs)"
                     ),

@@ -236,7 +236,8 @@ max_point_age_seconds = 600
         String::from_utf8_lossy(&commit.stderr)
     );
     let home = serial.parent().unwrap().parent().unwrap();
-    let overlay = home.join("disks").join("web1-root.raw.overlay.qcow2");
+    // The overlay has the disk's own name (its format is qcow2).
+    let overlay = home.join("disks").join("web1-root.raw");
     let info = Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
         .arg(&overlay)
