@@ -97,6 +97,47 @@ fn a_missing_disk_is_named() {
     );
 }
 
+/// Reading a disk index reserved memory for the largest index the format allows (8 GiB):
+/// a restore or a verify of a 1 MiB point aborted under a limit on virtual memory.
+#[test]
+fn reading_a_small_point_under_a_memory_limit_allocates_what_it_stored() {
+    let harness = Harness::new();
+    let image = harness.path("small.raw");
+    std::fs::write(&image, vec![5u8; 1 << 20]).unwrap();
+    harness.backup("vm", &[&image]);
+    let target = harness.path("restored");
+    for arguments in [
+        vec![
+            "restore",
+            "latest",
+            "--vm",
+            "vm",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        vec!["verify", "--read-data"],
+    ] {
+        let command = harness.command();
+        let binary = command.get_program().to_owned();
+        let output =
+            Command::new("sh")
+                .args(["-c", r#"ulimit -v 6000000 && exec "$0" "$@""#])
+                .arg(&binary)
+                .args(&arguments)
+                .envs(command.get_envs().filter_map(|(key, value)| {
+                    value.map(|value| (key.to_owned(), value.to_owned()))
+                }))
+                .output()
+                .unwrap();
+        assert!(
+            output.status.success(),
+            "{arguments:?} under ulimit -v 6000000: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(identical(&image, &target.join("small.raw")));
+}
+
 /// A private qemu-nbd's socket lived in a folder of the temporary directory, which
 /// `kill -9` of Lifeboat's whole process group (qemu-nbd with it) left behind.
 #[test]

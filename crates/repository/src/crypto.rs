@@ -169,14 +169,20 @@ impl Crypto {
 
     /// A keyed hash for naming things (lock names, disk index names) without revealing them.
     pub fn name_hash(&self, domain: &str, data: &[u8]) -> [u8; 32] {
+        let mut hasher = self.name_hasher(domain);
+        hasher.update(data);
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The hasher [`Crypto::name_hash`] uses, for data that arrives in pieces.
+    pub fn name_hasher(&self, domain: &str) -> blake3::Hasher {
         let mut hasher = match &self.id_key {
             Some(key) => blake3::Hasher::new_keyed(key),
             None => blake3::Hasher::new(),
         };
         hasher.update(domain.as_bytes());
         hasher.update(&[0]);
-        hasher.update(data);
-        *hasher.finalize().as_bytes()
+        hasher
     }
 
     /// Seals `buffer` in place. `buffer` must hold [`Crypto::prefix_bytes`] bytes of room

@@ -73,24 +73,35 @@ impl DiskIndex {
         (id, crypto.seal(CONTEXT, &compressed))
     }
 
-    /// Opens and checks a disk index; `Err` says what is wrong.
+    /// Opens and checks a disk index; `Err` says what is wrong. Decompressed as a stream:
+    /// memory follows the chunk count its header gives (checked against its virtual size),
+    /// never the largest index the format allows.
     pub fn decode(
         crypto: &Crypto,
         expected_id: &str,
         sealed: Vec<u8>,
     ) -> Result<DiskIndex, String> {
+        use std::io::Read;
         let compressed = crypto
             .open_in_place(CONTEXT, sealed)
             .map_err(|e| e.to_string())?;
-        let limit = HEADER_BYTES + (MAXIMUM_CHUNKS as usize) * 32;
-        let plaintext = zstd::bulk::decompress(&compressed, limit)
-            .map_err(|e| format!("decompression failed: {e}"))?;
-        if plaintext.len() < HEADER_BYTES || &plaintext[..8] != MAGIC {
+        let failed = |e: std::io::Error| format!("decompression failed: {e}");
+        let mut plaintext =
+            zstd::stream::read::Decoder::with_buffer(compressed.as_slice()).map_err(failed)?;
+        let mut header = [0u8; HEADER_BYTES];
+        match plaintext.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err("not a disk index (bad magic)".to_string());
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        if &header[..8] != MAGIC {
             return Err("not a disk index (bad magic)".to_string());
         }
-        let virtual_size_bytes = u64::from_le_bytes(plaintext[8..16].try_into().expect("8"));
-        let chunk_size_bytes = u32::from_le_bytes(plaintext[16..20].try_into().expect("4"));
-        let count = u64::from_le_bytes(plaintext[20..28].try_into().expect("8"));
+        let virtual_size_bytes = u64::from_le_bytes(header[8..16].try_into().expect("8"));
+        let chunk_size_bytes = u32::from_le_bytes(header[16..20].try_into().expect("4"));
+        let count = u64::from_le_bytes(header[20..28].try_into().expect("8"));
         if chunk_size_bytes == 0 || !chunk_size_bytes.is_power_of_two() {
             return Err(format!(
                 "chunk size {chunk_size_bytes} is not a power of two"
@@ -101,17 +112,39 @@ impl DiskIndex {
                 "{count} chunks do not cover {virtual_size_bytes} bytes in chunks of {chunk_size_bytes}"
             ));
         }
-        if plaintext.len() as u64 != HEADER_BYTES as u64 + count * 32 {
-            return Err("chunk list length does not match its count".to_string());
+        if count > MAXIMUM_CHUNKS {
+            return Err(format!(
+                "{count} chunks are more than a disk index may hold ({MAXIMUM_CHUNKS})"
+            ));
         }
-        let actual_id = hex::encode(crypto.name_hash("disk-index", &plaintext));
-        if actual_id != expected_id {
+        let mut hasher = crypto.name_hasher("disk-index");
+        hasher.update(&header);
+        let mut chunks = Vec::with_capacity(count as usize);
+        let mut block = vec![0u8; 2048 * 32];
+        let short = || "chunk list length does not match its count".to_string();
+        while (chunks.len() as u64) < count {
+            let wanted = ((count - chunks.len() as u64) * 32).min(block.len() as u64) as usize;
+            match plaintext.read_exact(&mut block[..wanted]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(short()),
+                Err(e) => return Err(failed(e)),
+            }
+            hasher.update(&block[..wanted]);
+            chunks.extend(
+                block[..wanted]
+                    .chunks_exact(32)
+                    .map(|bytes| ChunkId(bytes.try_into().expect("32 bytes"))),
+            );
+        }
+        let mut more = [0u8; 1];
+        match plaintext.read(&mut more) {
+            Ok(0) => {}
+            Ok(_) => return Err(short()),
+            Err(e) => return Err(failed(e)),
+        }
+        if hex::encode(hasher.finalize().as_bytes()) != expected_id {
             return Err("content does not match its name".to_string());
         }
-        let chunks = plaintext[HEADER_BYTES..]
-            .chunks_exact(32)
-            .map(|bytes| ChunkId(bytes.try_into().expect("32 bytes")))
-            .collect();
         Ok(DiskIndex {
             virtual_size_bytes,
             chunk_size_bytes,
