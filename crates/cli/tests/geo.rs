@@ -258,8 +258,23 @@ fn kill_9_during_geo_sync_never_exposes_a_partial_point_and_resumes_without_reco
     }
     let copy = harness.path("copy");
     let copy_location = copy.display().to_string();
+    // Packs the copy holds whole (a pack being written is a temporary file first).
+    let packs_in_copy = || -> usize {
+        std::fs::read_dir(copy.join("packs"))
+            .map(|fans| {
+                fans.flatten()
+                    .flat_map(|fan| std::fs::read_dir(fan.path()).into_iter().flatten())
+                    .flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
     let mut interrupted = 0;
-    for milliseconds in [20u64, 60, 120, 200, 350] {
+    // Each run is killed once it has copied a pack more (at a moment the machine's load
+    // does not decide), or when it is done.
+    for run in 0..5 {
+        let before = packs_in_copy();
         let mut child = harness
             .command()
             .args(["geo-sync", "--to", &copy_location, "--threads", "2"])
@@ -267,7 +282,14 @@ fn kill_9_during_geo_sync_never_exposes_a_partial_point_and_resumes_without_reco
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(milliseconds));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while packs_in_copy() <= before && child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {run} copied nothing"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if child.try_wait().unwrap().is_none() {
             interrupted += 1;
         }
@@ -284,7 +306,7 @@ fn kill_9_during_geo_sync_never_exposes_a_partial_point_and_resumes_without_reco
             assert_eq!(
                 verify["damage"].as_array().unwrap().len(),
                 0,
-                "after a kill at {milliseconds} ms: {verify}"
+                "after the kill of run {run}: {verify}"
             );
         }
     }
