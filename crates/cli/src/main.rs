@@ -18,6 +18,14 @@ macro_rules! say {
     };
 }
 
+/// A line on standard error for people and logs; a reader that went away (a log pipe
+/// that closed) costs the line, never the process.
+macro_rules! tell {
+    ($($argument:tt)*) => {
+        $crate::output::write_err(format_args!("{}\n", format_args!($($argument)*)))
+    };
+}
+
 mod cli;
 mod commands;
 mod orchestrator;

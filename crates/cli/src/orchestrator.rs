@@ -116,9 +116,9 @@ impl Executor for PlanExecutor<'_> {
         };
         match &step.detail {
             Some(detail) if !detail.is_empty() => {
-                eprintln!("[{}] {state:>7}  {}: {detail}", step.batch, step.action)
+                tell!("[{}] {state:>7}  {}: {detail}", step.batch, step.action)
             }
-            _ => eprintln!("[{}] {state:>7}  {}", step.batch, step.action),
+            _ => tell!("[{}] {state:>7}  {}", step.batch, step.action),
         }
     }
 }

@@ -20,9 +20,16 @@ pub fn write_out(text: std::fmt::Arguments<'_>) {
     if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
         STDOUT_GONE.store(true, Ordering::Relaxed);
         if error.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("warning: cannot write to standard output ({error}); the command goes on");
+            tell!("warning: cannot write to standard output ({error}); the command goes on");
         }
     }
+}
+
+/// Writes `text` to standard error; a failure is ignored (there is nowhere left to say it).
+/// A daemon whose log reader went away goes on serving.
+pub fn write_err(text: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_fmt(text).and_then(|()| stderr.flush());
 }
 
 /// Prints `value` as one pretty JSON document on standard output.
@@ -40,7 +47,7 @@ pub fn print_json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
 /// Prints an error with its causes; with `--json`, also as `{"error": …}` on standard output.
 pub fn print_error(error: &anyhow::Error, json: bool) {
     let message = format!("{error:#}");
-    eprintln!("error: {message}");
+    tell!("error: {message}");
     if json {
         say!("{}", serde_json::json!({ "error": message }));
     }

@@ -124,7 +124,7 @@ pub fn run(global: &GlobalOptions, url: &str) -> anyhow::Result<u8> {
         }
     }
     if let Some(errors) = job["errors"].as_str().filter(|e| !e.is_empty()) {
-        eprintln!("{errors}");
+        tell!("{errors}");
     }
     if job["state"] == "cancelled" {
         bail!("job {id} was cancelled");

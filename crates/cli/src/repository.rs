@@ -104,7 +104,7 @@ pub fn storage(global: &GlobalOptions, access: Access) -> anyhow::Result<Arc<dyn
     {
         let copy = lifeboat_storage::open(standby, &settings_for(&base, &places.standby_settings))?;
         if answers(copy.as_ref()) {
-            eprintln!(
+            tell!(
                 "warning: region '{region_name}': {} does not answer; reading its geo copy {standby}",
                 places.active
             );

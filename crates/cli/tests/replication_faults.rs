@@ -422,3 +422,53 @@ fn a_capture_cut_off_beyond_its_fence_lease_refuses_writes_until_the_link_return
     client.write(65536, &noise(4096, 3), false).unwrap();
     client.flush().unwrap();
 }
+
+/// `eprintln!` panics once standard error is a pipe whose reader went away: a capture whose
+/// log collector died ended at its next log line, and the VMs lost their disks with it.
+#[test]
+fn a_capture_whose_log_reader_went_away_goes_on_serving_and_shipping() {
+    let harness = Harness::new();
+    let disk = raw_disk(&harness, "db1/disk.raw", "8M");
+    let socket = harness.path("shop.sock");
+    let mut capture = harness
+        .command()
+        .args([
+            "protect",
+            "--group",
+            "shop",
+            "--interval",
+            "0.2",
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--vm")
+        .arg(format!("db1={}", disk.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reap = common::KillOnDrop(vec![capture.id()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "protect never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The log's reader goes away; every cut with writes logs a line from now on.
+    drop(capture.stderr.take());
+    let mut client = Client::connect_unix(&socket, "db1/disk.raw", &[]).unwrap();
+    for k in 0..8u64 {
+        client
+            .write(k * 65536, &noise(65536, 900 + k), false)
+            .unwrap();
+        client.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        capture.try_wait().unwrap().is_none(),
+        "the capture ended when its log reader went away"
+    );
+    // And what was written is shipped: the replicas receive every write.
+    let replicas = harness.path("replicas");
+    receive_past(&harness, "shop", &replicas, chrono::Utc::now());
+    assert!(identical(&disk, &replicas.join("db1").join("disk.raw")));
+}

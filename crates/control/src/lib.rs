@@ -25,6 +25,15 @@
 //! The only crate besides storage with an async runtime, and the only one that speaks
 //! HTTP as a server.
 
+/// A line on standard error for the daemon's log; a log reader that went away costs the
+/// line, never the daemon (`eprintln!` panics on a closed pipe).
+macro_rules! tell {
+    ($($argument:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($argument)*);
+    }};
+}
+
 pub mod api;
 pub mod drills;
 pub mod incidents;

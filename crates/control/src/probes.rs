@@ -80,14 +80,14 @@ pub async fn watch(store: Store, region: Region) {
         let change = tracker.observe(ok, at, region.probe_failures);
         let result = match change {
             Some(Change::Opened { at_ms }) => {
-                eprintln!("region '{}': incident opened ({detail})", region.name);
+                tell!("region '{}': incident opened ({detail})", region.name);
                 store
                     .open_incident(&region.name, at_ms, &detail)
                     .await
                     .map(|_| ())
             }
             Some(Change::Closed { at_ms }) => {
-                eprintln!("region '{}': incident closed", region.name);
+                tell!("region '{}': incident closed", region.name);
                 store.close_incidents(&region.name, at_ms).await
             }
             None => Ok(()),

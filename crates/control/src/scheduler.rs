@@ -58,7 +58,7 @@ pub async fn run(
         }
         match store.requeue_stale(now - STALE_MS).await {
             Ok(0) => {}
-            Ok(count) => eprintln!("{count} job(s) of a node that stopped queued again"),
+            Ok(count) => tell!("{count} job(s) of a node that stopped queued again"),
             Err(error) => tracing::warn!(%error, "cannot requeue jobs"),
         }
         while running.load(Ordering::SeqCst) < PARALLEL_JOBS {
@@ -171,7 +171,7 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
     } else {
         job.schedule.clone()
     };
-    eprintln!("job {} ({label}) started on {}", job.id, runner.node);
+    tell!("job {} ({label}) started on {}", job.id, runner.node);
     let mut child = tokio::process::Command::new(&runner.executable);
     // The child dies with this node, so a killed node leaves no job running behind the one
     // that takes it over; a node that died before the prctl sends no signal, so the job
@@ -250,14 +250,14 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
                             ..JobEnd::default()
                         })
                         .await;
-                        eprintln!("job {} ({label}) cancelled", job.id);
+                        tell!("job {} ({label}) cancelled", job.id);
                         return;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         // Another node runs it now: this copy must not go on beside it.
                         let _ = child.kill().await;
-                        eprintln!(
+                        tell!(
                             "job {} ({label}) stopped on {}: its heartbeat went stale and it was queued again",
                             job.id, runner.node
                         );
@@ -277,7 +277,7 @@ async fn run_job(store: &Store, config: &Config, runner: &JobRunner, job: Job) {
     } else {
         "failed"
     };
-    eprintln!("job {} ({label}) {state}", job.id);
+    tell!("job {} ({label}) {state}", job.id);
     finish(JobEnd {
         state,
         output: tail(&String::from_utf8_lossy(&output), OUTPUT_BYTES),

@@ -323,7 +323,13 @@ impl Sender {
             // Thawed whatever the freeze did: a half-frozen group must not stay frozen.
             if let Err(error) = quiesce.thaw() {
                 tracing::error!(group = %self.group, %error, "thaw failed");
-                eprintln!("group '{}': THAW FAILED: {error}", self.group);
+                // Never `eprintln!`: a closed log pipe must not end the capture.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "group '{}': THAW FAILED: {error}",
+                    self.group
+                );
             }
         }
         let quiesce_error = match &frozen {

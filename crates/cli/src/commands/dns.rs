@@ -208,11 +208,11 @@ fn push(global: &GlobalOptions, config: &Config, follow: bool) -> anyhow::Result
                     if global.json {
                         print_json_line(&serde_json::json!({ "pushed": next }))?;
                     } else {
-                        eprintln!("pushed {} names", next.len());
+                        tell!("pushed {} names", next.len());
                     }
                     pushed = Some(next);
                 }
-                Err(error) if follow => eprintln!("cannot push the names: {error:#}; trying again"),
+                Err(error) if follow => tell!("cannot push the names: {error:#}; trying again"),
                 Err(error) => return Err(error),
             }
         }
@@ -258,7 +258,7 @@ impl View {
         let next = match current_records(config, self.test, prober) {
             Ok(next) => next,
             Err(error) => {
-                eprintln!("cannot read the state ({error:#}); answering as before");
+                tell!("cannot read the state ({error:#}); answering as before");
                 return;
             }
         };
@@ -270,7 +270,7 @@ impl View {
             Ok(zones) => {
                 self.server.replace(zones);
                 for record in next.iter().filter(|r| !self.current.contains(r)) {
-                    eprintln!(
+                    tell!(
                         "{}{} now answers {} ({})",
                         if self.test { "test view: " } else { "" },
                         record.name,
@@ -280,7 +280,7 @@ impl View {
                 }
                 self.current = next;
             }
-            Err(error) => eprintln!("cannot update the zones ({error:#}); answering as before"),
+            Err(error) => tell!("cannot update the zones ({error:#}); answering as before"),
         }
     }
 }
@@ -311,7 +311,7 @@ fn serve(
         }))?;
     } else {
         for view in &views {
-            eprintln!(
+            tell!(
                 "answering for {} on {} (UDP and TCP){}, {} names",
                 dns.zones.join(", "),
                 view.server.address(),

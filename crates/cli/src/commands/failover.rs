@@ -231,7 +231,7 @@ fn execute_run(
         options,
     };
     if !global.json {
-        eprintln!(
+        tell!(
             "{} of plan '{}' to '{}' (run {})",
             run.operation.as_str(),
             plan.name,

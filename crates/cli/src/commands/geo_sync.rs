@@ -114,7 +114,7 @@ pub fn run(global: &GlobalOptions, arguments: &GeoSyncArguments) -> anyhow::Resu
                 }
                 // In follow mode a failed round is reported and the next one tries again.
                 Err(error) if arguments.follow => {
-                    eprintln!("{}: round failed: {error}", pair.label)
+                    tell!("{}: round failed: {error}", pair.label)
                 }
                 Err(error) => return Err(error.into()),
             }

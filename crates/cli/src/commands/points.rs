@@ -31,9 +31,10 @@ pub fn run(global: &GlobalOptions, arguments: &PointsArguments) -> anyhow::Resul
     let repository = crate::repository::open(global, crate::repository::Access::Read)?;
     let list = repository.list_points()?;
     for damaged in &list.damaged {
-        eprintln!(
+        tell!(
             "warning: point manifest {} is unreadable ({}); run 'lifeboat verify'",
-            damaged.name, damaged.reason
+            damaged.name,
+            damaged.reason
         );
     }
     let points: Vec<PointLine> = list

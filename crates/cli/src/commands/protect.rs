@@ -118,7 +118,7 @@ fn watch_fences(
             .spawn(move || {
                 loop {
                     for change in fences.enforce_lease() {
-                        eprintln!("group '{group}': {change}");
+                        tell!("group '{group}': {change}");
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -131,7 +131,7 @@ fn watch_fences(
             loop {
                 let started = Instant::now();
                 for change in fences.check(&repository) {
-                    eprintln!("group '{group}': {change}");
+                    tell!("group '{group}': {change}");
                 }
                 std::thread::sleep(interval.saturating_sub(started.elapsed()));
             }
@@ -155,7 +155,7 @@ fn show(global: &GlobalOptions, report: &ShipReport) -> anyhow::Result<()> {
     if report.writes == 0 && report.resync_bytes == 0 && !report.application_consistent {
         return Ok(());
     }
-    eprintln!(
+    tell!(
         "group '{}': cut {} at {}: {} writes ({}), {} resynced, {} shipped in {:.2} s{}",
         report.group,
         report.sequence,
@@ -286,7 +286,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
                 ),
             };
             let resync: u64 = ranges.iter().map(|(_, length)| length).sum();
-            eprintln!("{name}/{disk_name}: {how} {}", bytes(resync));
+            tell!("{name}/{disk_name}: {how} {}", bytes(resync));
             {
                 let mut journal = journal.lock().expect("never poisoned");
                 for &(offset, length) in &ranges {
@@ -310,7 +310,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
     // No write before the epochs are read: a failover may have happened while this
     // capture was down (until then every VM is fenced).
     for change in fences.check(&repository) {
-        eprintln!("group '{}': {change}", arguments.group);
+        tell!("group '{}': {change}", arguments.group);
     }
     let interval = Duration::from_secs_f64(arguments.interval.max(0.05));
     watch_fences(
@@ -339,7 +339,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         let listener =
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
         let bound = lifeboat_nbd::server::spawn_tcp(Arc::clone(&server), listener)?;
-        eprintln!(
+        tell!(
             "serving {} over NBD at nbd://{bound}",
             server.export_names().join(", ")
         );
@@ -348,7 +348,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         let listener = lifeboat_nbd::server::listen_unix(path)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
         lifeboat_nbd::server::spawn_unix(Arc::clone(&server), listener)?;
-        eprintln!(
+        tell!(
             "serving {} over NBD on {}",
             server.export_names().join(", "),
             path.display()
@@ -374,7 +374,7 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
         match sender.ship_quiesced(quiesce.map(|hook| hook as &dyn Quiesce)) {
             Ok(report) => {
                 if let Some(error) = &report.quiesce_error {
-                    eprintln!(
+                    tell!(
                         "group '{}': no application-consistent point this time: {error}",
                         arguments.group
                     );
@@ -382,15 +382,16 @@ pub fn run(global: &GlobalOptions, arguments: &ProtectArguments) -> anyhow::Resu
                 show(global, &report)?
             }
             Err(error) => {
-                eprintln!(
+                tell!(
                     "group '{}': shipping failed: {error}; writes go on locally and are shipped when it works again",
                     arguments.group
                 );
                 let behind = sender.seconds_since_shipped();
                 if behind > arguments.rpo_threshold {
-                    eprintln!(
+                    tell!(
                         "ALERT: group '{}': nothing shipped for {behind:.0} s, above the RPO threshold of {} s",
-                        arguments.group, arguments.rpo_threshold
+                        arguments.group,
+                        arguments.rpo_threshold
                     );
                 }
             }

@@ -67,7 +67,7 @@ pub fn run(global: &GlobalOptions, arguments: &ReceiveArguments) -> anyhow::Resu
             &arguments.group,
             &disks,
         )?;
-        eprintln!(
+        tell!(
             "group '{}': digest of {} replica disk(s) published; the capture sends only the blocks that differ",
             arguments.group,
             disks.len()
@@ -91,7 +91,7 @@ pub fn run(global: &GlobalOptions, arguments: &ReceiveArguments) -> anyhow::Resu
                 // One alert line per RPO threshold while it lasts.
                 let quiet = Duration::from_secs_f64(arguments.rpo_threshold.max(1.0));
                 if report.alert && alerted.is_none_or(|at| at.elapsed() >= quiet) {
-                    eprintln!(
+                    tell!(
                         "ALERT: group '{}': RPO {} above the threshold of {} s",
                         arguments.group,
                         report
@@ -106,7 +106,7 @@ pub fn run(global: &GlobalOptions, arguments: &ReceiveArguments) -> anyhow::Resu
                 }
             }
             Err(error) if arguments.follow => {
-                eprintln!("group '{}': round failed: {error}", arguments.group)
+                tell!("group '{}': round failed: {error}", arguments.group)
             }
             Err(error) => return Err(error.into()),
         }

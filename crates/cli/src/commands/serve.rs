@@ -39,7 +39,7 @@ pub fn run(global: &GlobalOptions, arguments: &ServeArguments) -> anyhow::Result
                 "node": node_name,
             }));
         } else {
-            eprintln!("serving the API on {scheme}://{address} (state in {database})");
+            tell!("serving the API on {scheme}://{address} (state in {database})");
         }
     })?;
     Ok(0)
