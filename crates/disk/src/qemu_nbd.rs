@@ -132,12 +132,12 @@ impl QemuNbd {
     fn wait_until_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(Some(_status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 let mut stderr = String::new();
                 if let Some(mut pipe) = self.child.stderr.take() {
                     let _ = pipe.read_to_string(&mut stderr);
                 }
-                return Err(classify_qemu_error(&self.image, &stderr));
+                return Err(start_failure(&self.image, status.code(), &stderr));
             }
             // The socket listens before qemu-nbd runs: only its greeting proves it is ready.
             if self.greets() {
@@ -217,6 +217,19 @@ impl Drop for QemuNbd {
     }
 }
 
+/// Why qemu-nbd, run through `sh`, ended before it answered: 127 is the shell's "command
+/// not found"; anything else is qemu-nbd's own word on the image.
+fn start_failure(image: &Path, code: Option<i32>, stderr: &str) -> DiskError {
+    if code == Some(127) {
+        return DiskError::ToolMissing {
+            tool: "qemu-nbd",
+            path: image.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, stderr.trim().to_string()),
+        };
+    }
+    classify_qemu_error(image, stderr)
+}
+
 /// Binds and listens on a fresh name in the abstract namespace: this process's id, a
 /// counter and the time (processes of other pid namespaces may share the network's).
 fn listen_privately() -> std::io::Result<(String, SocketAddr, UnixListener)> {
@@ -280,6 +293,29 @@ mod tests {
             .unwrap()
             .set_modified(then)
             .unwrap();
+    }
+
+    #[test]
+    fn a_missing_qemu_nbd_is_named_as_a_tool_to_install_not_as_a_bad_image() {
+        let image = Path::new("/srv/vms/db1.qcow2");
+        let missing = start_failure(image, Some(127), "sh: 1: exec: qemu-nbd: not found\n");
+        assert!(matches!(
+            missing,
+            DiskError::ToolMissing {
+                tool: "qemu-nbd",
+                ..
+            }
+        ));
+        assert!(
+            missing.to_string().contains("install qemu-utils"),
+            "{missing}"
+        );
+        let refused = start_failure(
+            image,
+            Some(1),
+            "qemu-nbd: Failed to get \"write\" lock\nIs another process using the image [/srv/vms/db1.qcow2]?\n",
+        );
+        assert!(matches!(refused, DiskError::InUse { .. }), "{refused}");
     }
 
     #[test]

@@ -204,6 +204,10 @@ impl Connections {
     /// longest when every place is taken; `None` when none has been idle long enough.
     pub fn serve(&self, place: &Place<'_>) -> Option<Activity> {
         let mut table = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // A connection closed to make room for another takes no serving place.
+        if !matches!(table.entries.get(&place.id)?.phase, Phase::Negotiating) {
+            return None;
+        }
         let now = self.began.elapsed().as_millis() as u64;
         let serving: Vec<(u64, u64)> = table
             .entries
@@ -278,13 +282,18 @@ mod tests {
         let (first, first_peer) = pair();
         let (second, second_peer) = pair();
         let (third, third_peer) = pair();
-        let _first = connections.admit(first);
+        let first = connections.admit(first);
         let _second = connections.admit(second);
         assert!(!is_closed(&first_peer));
-        let _third = connections.admit(third);
+        let third = connections.admit(third);
         assert!(is_closed(&first_peer), "the oldest gives its place");
         assert!(!is_closed(&second_peer));
         assert!(!is_closed(&third_peer));
+        assert!(
+            connections.serve(&first).is_none(),
+            "a connection closed for another takes no serving place"
+        );
+        assert!(connections.serve(&third).is_some());
     }
 
     #[test]
