@@ -742,6 +742,7 @@ impl PlanExecutor<'_> {
                 self.plan.name
             );
         }
+        let placements = Placements::load(&self.config.state_directory)?;
         match self.repository(&home) {
             Ok(repository) => {
                 let digest = lifeboat_replication::digest::read(
@@ -751,26 +752,7 @@ impl PlanExecutor<'_> {
                 )?;
                 passed.push(match digest {
                     Some(disks) => {
-                        // Only the disks the capture will find in the digest, by the names
-                        // it gives them, are sent as differences.
-                        let placements = Placements::load(&self.config.state_directory)?;
-                        let digested = &disks;
-                        let whole: Vec<String> = self
-                            .plan
-                            .groups
-                            .iter()
-                            .flatten()
-                            .filter_map(|name| placements.vms.get(name).map(|p| (name, p)))
-                            .flat_map(|(name, placement)| {
-                                placement.disks.iter().filter_map(move |path| {
-                                    let disk = path.file_name()?.to_string_lossy().into_owned();
-                                    let vm = lifeboat_replication::file_name_for(name);
-                                    let found =
-                                        digested.iter().any(|d| d.vm == vm && d.disk == disk);
-                                    (!found).then(|| format!("{name}/{disk}"))
-                                })
-                            })
-                            .collect();
+                        let whole = undigested_disks(self.plan, &placements, &disks);
                         if whole.is_empty() {
                             format!(
                                 "the receiver in '{home}' published a digest of {} replica disk(s): only blocks that differ are sent",
@@ -791,7 +773,6 @@ impl PlanExecutor<'_> {
             }
             Err(error) => failed.push(format!("the repository of region '{home}': {error:#}")),
         }
-        let placements = Placements::load(&self.config.state_directory)?;
         for name in self.plan.groups.iter().flatten() {
             let Some(placement) = placements.vms.get(name).filter(|p| p.region == run.region)
             else {
@@ -1217,4 +1198,29 @@ pub fn hydrate(home: &Path, disks: usize) -> anyhow::Result<()> {
     kill_recorded(&home.join("export.pid"));
     std::fs::write(home.join("hydrated"), b"")
         .with_context(|| format!("cannot write {}", home.join("hydrated").display()))
+}
+
+/// The disks of `plan`'s VMs (as `VM/DISK`) that the replica digest lacks under the names a
+/// capture gives them (their file names): those are sent whole, not as differences.
+fn undigested_disks(
+    plan: &Plan,
+    placements: &Placements,
+    digest: &[lifeboat_replication::digest::DiskDigest],
+) -> Vec<String> {
+    let mut whole = Vec::new();
+    for name in plan.groups.iter().flatten() {
+        let Some(placement) = placements.vms.get(name) else {
+            continue;
+        };
+        let vm = lifeboat_replication::file_name_for(name);
+        for path in &placement.disks {
+            let Some(disk) = path.file_name().map(|f| f.to_string_lossy()) else {
+                continue;
+            };
+            if !digest.iter().any(|d| d.vm == vm && d.disk == disk) {
+                whole.push(format!("{name}/{disk}"));
+            }
+        }
+    }
+    whole
 }

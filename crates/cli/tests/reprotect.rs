@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Harness;
 use common::replication::{Killed, Protect, dig_until, dns_server, follow, raw_disk, status_until};
+use common::{Harness, identical_as};
 use serde_json::Value;
 
 fn qemu_io_file(image: &Path, command: &str) {
@@ -37,18 +37,6 @@ fn run(harness: &Harness, config: &Path, arguments: &[&str]) -> Value {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{arguments:?}: {stderr}");
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// `qemu-img compare` of two images of the given formats.
-fn same(first: &Path, first_format: &str, second: &Path, second_format: &str) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-U", "-f", first_format, "-F", second_format])
-        .arg(first)
-        .arg(second)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
 }
 
 #[test]
@@ -189,7 +177,7 @@ fn reprotect_and_fail_back(instant: bool) {
         .unwrap();
     assert!(written.status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !same(&disk, "raw", &east_disk, east_format) {
+    while !identical_as(&disk, "raw", &east_disk, east_format) {
         assert!(
             Instant::now() < deadline,
             "west's replica never caught up with east"
@@ -212,7 +200,7 @@ fn reprotect_and_fail_back(instant: bool) {
         .join("vms/db1/west/disks/db1.raw");
     // Restored at home in the format it was replicated in (an instant disk's qcow2).
     assert!(
-        same(&home_disk, east_format, &east_disk, east_format),
+        identical_as(&home_disk, east_format, &east_disk, east_format),
         "a write was lost on the way home"
     );
     let pid: i32 = std::fs::read_to_string(capture.join("protect.pid"))

@@ -128,12 +128,12 @@ fn watch_fences(
     std::thread::Builder::new()
         .name("fence-check".to_string())
         .spawn(move || {
+            // The first reading was made before serving: the next one is an interval on.
             loop {
-                let started = Instant::now();
+                std::thread::sleep(interval);
                 for change in fences.check(&repository) {
                     tell!("group '{group}': {change}");
                 }
-                std::thread::sleep(interval.saturating_sub(started.elapsed()));
             }
         })
         .context("cannot start the thread that reads the epochs")?;

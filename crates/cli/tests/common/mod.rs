@@ -189,14 +189,14 @@ pub fn qemu_format(path: &Path) -> &'static str {
 
 /// `qemu-img compare`: true when the two images have identical content.
 pub fn identical(first: &Path, second: &Path) -> bool {
+    identical_as(first, qemu_format(first), second, qemu_format(second))
+}
+
+/// The same, with the images' formats given (a file's name need not say it), sharing the
+/// images with a process that holds them open.
+pub fn identical_as(first: &Path, first_format: &str, second: &Path, second_format: &str) -> bool {
     let output = Command::new("qemu-img")
-        .args([
-            "compare",
-            "-f",
-            qemu_format(first),
-            "-F",
-            qemu_format(second),
-        ])
+        .args(["compare", "-U", "-f", first_format, "-F", second_format])
         .arg(first)
         .arg(second)
         .output()
