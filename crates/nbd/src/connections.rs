@@ -239,7 +239,8 @@ impl Connections {
     }
 
     /// How many connections are open (closing ones included, until their threads end).
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         let table = self.open.lock().unwrap_or_else(|e| e.into_inner());
         table.entries.len()
     }

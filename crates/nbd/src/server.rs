@@ -151,11 +151,6 @@ impl Server {
         }
     }
 
-    /// How many connections are open now.
-    pub fn open_connections(&self) -> usize {
-        self.connections.open()
-    }
-
     /// Keeps up to `bytes` of the memory of dropped write payloads for the next writes
     /// (an export that holds payloads, like a journal, can use as much as it may hold).
     pub fn keep_payload_memory(&mut self, bytes: usize) {
