@@ -596,8 +596,8 @@ fn the_last_sync_time_never_claims_a_point_the_copy_lacks() {
         west(),
         &["backup", "--vm", "short", short.to_str().unwrap()],
     );
-    // Rounds beside a backup that ends within the round, and beside one that runs across
-    // it (stopped while it holds its lease and reads).
+    // A round after a backup that has ended ("short"), beside one that runs across it
+    // ("long", stopped while it holds its lease and reads).
     let (backup, _log) = paused(
         west(),
         &["--json", "backup", "--vm", "long", long.to_str().unwrap()],
